@@ -1,0 +1,1 @@
+"""The analyses of the lake and the repeat-purchases table in PostgreSQL."""

@@ -1,0 +1,137 @@
+"""The lab's one settings object.
+
+Every part of the lab (API, generator, DAG, Spark job, notebooks, infra scripts, tests) reads its
+endpoints, names and limits from here. Values come from the environment or a `.env` file at the
+repository root; the defaults are the lab's documented defaults (see `.env.example`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=ROOT / ".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # Where the local-process lab keeps data, logs, pids, binaries and jars (git-ignored).
+    lab_home: Path = Field(default=ROOT / ".lab")
+    # auto: Docker when an engine answers, else local processes.
+    lab_infra_mode: Literal["auto", "docker", "local"] = "auto"
+
+    # Ingest API
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_max_batch: int = Field(default=1000, ge=1)
+    api_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    api_produce_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    # Kafka
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_controller_port: int = 9093
+    kafka_version: str = "4.1.1"
+    kafka_heap: str = "512m"
+    kafka_partitions: int = Field(default=3, ge=1)
+    kafka_replication_factor: int = Field(default=1, ge=1)
+    topic_user_events: str = "UserEvents"
+    topic_purchased_item: str = "PurchasedItem"
+
+    # MongoDB
+    mongo_url: str = "mongodb://127.0.0.1:27017"
+    mongo_database: str = "ecommerce"
+    mongo_events_collection: str = "user_events"
+    mongo_counts_collection: str = "user_event_counts"
+    mongo_quarantine_collection: str = "user_events_quarantine"
+
+    # S3 (MinIO in compose, an S3-compatible server in local mode)
+    s3_endpoint_url: str = "http://127.0.0.1:9000"
+    s3_access_key: str = "minioadmin"
+    s3_secret_key: str = "minioadmin"
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "lake"
+    s3_purchases_prefix: str = "raw/purchased_items/"
+    s3_quarantine_prefix: str = "raw/purchased_items_quarantine/"
+
+    # PostgreSQL
+    postgres_host: str = "127.0.0.1"
+    postgres_port: int = 5432
+    postgres_user: str = "lab"
+    postgres_password: str = "lab"
+    postgres_database: str = "analytics"
+    postgres_airflow_database: str = "airflow"
+    repeat_purchases_table: str = "repeat_purchases"
+
+    # Airflow
+    airflow_port: int = 8080
+    airflow_admin_user: str = "admin"
+    airflow_admin_password: str = "admin"
+    dag_id: str = "user_events_pipeline"
+
+    # Drain task (Airflow task 1)
+    drain_group_id: str = "user-events-to-mongo"
+    drain_batch_size: int = Field(default=5000, ge=1)
+    drain_max_records: int = Field(default=1_000_000, ge=1)
+    drain_max_seconds: float = Field(default=100.0, gt=0)
+
+    # Spark stream
+    spark_master: str = "local[*]"
+    spark_trigger_interval: str = "30 seconds"
+    spark_max_offsets_per_trigger: int = Field(default=200_000, ge=1)
+    spark_checkpoint_dir: str = ""
+    spark_driver_memory: str = "1g"
+
+    @field_validator("s3_purchases_prefix", "s3_quarantine_prefix")
+    @classmethod
+    def _prefix_ends_with_slash(cls, value: str) -> str:
+        return value.strip("/") + "/"
+
+    # Derived values: computed, never configured twice.
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def kafka_port(self) -> int:
+        return int(self.kafka_bootstrap_servers.split(",")[0].rsplit(":", 1)[1])
+
+    @property
+    def mongo_port(self) -> int:
+        return int(self.mongo_url.rsplit(":", 1)[1].split("/")[0])
+
+    @property
+    def s3_port(self) -> int:
+        return int(self.s3_endpoint_url.rsplit(":", 1)[1].rstrip("/"))
+
+    @property
+    def purchases_url(self) -> str:
+        """Top folder of the raw purchases, as Spark (s3a) reads it."""
+        return f"s3a://{self.s3_bucket}/{self.s3_purchases_prefix}"
+
+    @property
+    def purchases_quarantine_url(self) -> str:
+        return f"s3a://{self.s3_bucket}/{self.s3_quarantine_prefix}"
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return self.spark_checkpoint_dir or str(self.lab_home / "spark" / "checkpoints")
+
+    def postgres_dsn(self, database: str | None = None) -> str:
+        """libpq URL for the analytics database (or another database on the same server)."""
+        return (
+            f"postgresql://{quote(self.postgres_user)}:{quote(self.postgres_password)}"
+            f"@{self.postgres_host}:{self.postgres_port}/{database or self.postgres_database}"
+        )
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,49 @@
+"""Kafka topics of the lab and the admin client that creates them."""
+
+from __future__ import annotations
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from app.core.config import Settings
+
+
+def lab_topics(settings: Settings) -> list[str]:
+    return [settings.topic_user_events, settings.topic_purchased_item]
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+
+
+def ensure_topics(settings: Settings, topics: list[str] | None = None) -> list[str]:
+    """Create the lab's topics when missing; report each one's partition count."""
+    admin = admin_client(settings)
+    wanted = topics or lab_topics(settings)
+    existing = admin.list_topics(timeout=15).topics
+    missing = [name for name in wanted if name not in existing]
+    if missing:
+        futures = admin.create_topics(
+            [
+                NewTopic(
+                    name,
+                    num_partitions=settings.kafka_partitions,
+                    replication_factor=settings.kafka_replication_factor,
+                )
+                for name in missing
+            ],
+            operation_timeout=30,
+        )
+        for name, future in futures.items():
+            try:
+                future.result()
+            except KafkaException as exc:
+                # Created meanwhile by someone else: that is what we wanted.
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise
+    metadata = admin.list_topics(timeout=15).topics
+    return [
+        f"topic {name}: {len(metadata[name].partitions)} partitions"
+        + (" (created)" if name in missing else "")
+        for name in wanted
+    ]

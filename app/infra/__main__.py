@@ -1,0 +1,5 @@
+import sys
+
+from app.infra.cli import main
+
+sys.exit(main())

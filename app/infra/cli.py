@@ -1,0 +1,235 @@
+"""`python -m app.infra up|down|status|doctor`: the lab's four services, with or without Docker.
+
+`up` picks Docker Compose when a Docker engine answers and local processes otherwise
+(`LAB_INFRA_MODE=docker|local` forces one), waits for every service, then bootstraps topics,
+bucket, indexes and tables. It is idempotent: services already up are left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from app.core.config import ROOT, Settings, get_settings
+from app.infra.process import InfraError, port_open, run
+from app.infra.services import HOST, local_services
+
+COMPOSE_FILE = ROOT / "infra" / "compose.yml"
+
+
+def docker_engine_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        result = subprocess.run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"],
+            capture_output=True,
+            timeout=8,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0
+
+
+def mode_file(settings: Settings) -> Path:
+    return settings.lab_home / "run" / "infra-mode"
+
+
+def resolve_mode(settings: Settings) -> str:
+    """The mode in use: the one recorded by `up`, else the configured one, else auto-detected."""
+    if settings.lab_infra_mode != "auto":
+        return settings.lab_infra_mode
+    recorded = mode_file(settings)
+    if recorded.exists():
+        return recorded.read_text().strip()
+    return "docker" if docker_engine_answers() else "local"
+
+
+def _compose(*args: str, timeout: float = 600) -> str:
+    return run(
+        ["docker", "compose", "-f", str(COMPOSE_FILE), *args],
+        what=f"docker compose {' '.join(args)}",
+        timeout=timeout,
+    )
+
+
+def up(settings: Settings) -> None:
+    mode = resolve_mode(settings)
+    started = time.monotonic()
+    print(f"infra-up: {mode} mode (data and logs under {settings.lab_home})")
+    if mode == "docker":
+        _compose("up", "-d", "--wait")
+    else:
+        for service in local_services(settings):
+            print(f"  {service.name:<9} {service.describe():<40} ...", end="", flush=True)
+            outcome = service.start()
+            print(f" {outcome}")
+    mode_file(settings).parent.mkdir(parents=True, exist_ok=True)
+    mode_file(settings).write_text(mode)
+
+    from app.infra.bootstrap import bootstrap
+
+    for line in bootstrap(settings):
+        print(f"  bootstrap: {line}")
+    print(f"infra-up: all four services ready in {time.monotonic() - started:.1f} s")
+
+
+def down(settings: Settings) -> None:
+    mode = resolve_mode(settings)
+    if mode == "docker":
+        _compose("down")
+        print("infra-down: compose services stopped (volumes kept)")
+    else:
+        for service in reversed(local_services(settings)):
+            stopped = service.stop()
+            print(f"  {service.name:<9} {'stopped' if stopped else 'was not running'}")
+    mode_file(settings).unlink(missing_ok=True)
+
+
+def status_rows(settings: Settings) -> list[dict[str, object]]:
+    mode = resolve_mode(settings)
+    rows: list[dict[str, object]] = []
+    if mode == "docker":
+        out = _compose("ps", "--format", "json", timeout=60)
+        for line in out.splitlines():
+            item = json.loads(line)
+            rows.append(
+                {
+                    "service": item.get("Service"),
+                    "mode": "docker",
+                    "state": item.get("Health") or item.get("State"),
+                    "log": f"docker compose -f infra/compose.yml logs {item.get('Service')}",
+                }
+            )
+        return rows
+    for service in local_services(settings):
+        pid = service.pid()
+        rows.append(
+            {
+                "service": service.name,
+                "mode": f"local: {service.describe()}",
+                "state": "up" if pid and port_open(HOST, service.port) else "down",
+                "pid": pid,
+                "port": service.port,
+                "log": str(service.files.log),
+            }
+        )
+    return rows
+
+
+def status(settings: Settings) -> None:
+    for row in status_rows(settings):
+        pid = f"pid {row['pid']}" if row.get("pid") else ""
+        print(
+            f"{row['service']!s:<9} {row['state']!s:<5} {pid:<10} {row['mode']!s:<48} {row['log']}"
+        )
+
+
+def _check(ok: bool, label: str, advice: str) -> bool:
+    print(f"  [{'ok' if ok else 'FAIL'}] {label}" + ("" if ok else f"\n         -> {advice}"))
+    return ok
+
+
+def _java_major() -> int:
+    try:
+        out = subprocess.run(
+            ["java", "-version"], capture_output=True, text=True, timeout=20, check=False
+        ).stderr
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    for token in out.split('"')[1:2]:
+        head = token.split(".")[0]
+        return int(head) if head.isdigit() else 0
+    return 0
+
+
+def doctor(settings: Settings) -> bool:
+    print("doctor: checking what the lab needs")
+    results = [
+        _check(
+            sys.version_info >= (3, 11),
+            f"Python {sys.version.split()[0]} (3.11+)",
+            "install Python 3.11 or newer",
+        ),
+        _check(
+            _java_major() >= 17,
+            f"Java {_java_major() or 'missing'} (17+, for Kafka and Spark)",
+            "install a JDK 17+, e.g. `sudo apt-get install -y openjdk-17-jdk-headless`",
+        ),
+    ]
+    engine = docker_engine_answers()
+    print(f"  [info] Docker engine: {'answers' if engine else 'not available -> local processes'}")
+    if not engine or settings.lab_infra_mode == "local":
+        results += [
+            _check(
+                shutil.which("mvn") is not None,
+                "Maven (fetches the Kafka and Spark connector jars)",
+                "install Maven, e.g. `sudo apt-get install -y maven`",
+            ),
+            _check(
+                shutil.which("go") is not None or shutil.which("mongod") is not None,
+                "Go (builds FerretDB when no mongod is on PATH)",
+                "install Go 1.22+ or put a `mongod` on PATH",
+            ),
+        ]
+    mine = {s.port for s in local_services(settings) if s.pid() is not None}
+    for label, port in [
+        ("API", settings.api_port),
+        ("Kafka", settings.kafka_port),
+        ("Kafka controller", settings.kafka_controller_port),
+        ("MongoDB", settings.mongo_port),
+        ("S3", settings.s3_port),
+        ("PostgreSQL", settings.postgres_port),
+        ("Airflow", settings.airflow_port),
+    ]:
+        busy = port_open(HOST, port) and port not in mine
+        results.append(
+            _check(
+                not busy or label in {"API", "Airflow"},
+                f"port {port} ({label}) "
+                + ("is taken by another program" if busy else "free or ours"),
+                f"free it (`ss -ltnp 'sport = :{port}'`) or change the port in .env",
+            )
+        )
+    disk = shutil.disk_usage(ROOT)
+    results.append(
+        _check(
+            disk.free > 5 * 2**30,
+            f"{disk.free / 2**30:.0f} GiB free disk",
+            "the lab needs about 5 GiB",
+        )
+    )
+    ok = all(results)
+    print("doctor: all good" if ok else "doctor: fix the items marked FAIL")
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app.infra", description=__doc__)
+    parser.add_argument("command", choices=["up", "down", "status", "doctor", "bootstrap"])
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    try:
+        if args.command == "up":
+            up(settings)
+        elif args.command == "down":
+            down(settings)
+        elif args.command == "status":
+            status(settings)
+        elif args.command == "bootstrap":
+            from app.infra.bootstrap import bootstrap
+
+            for line in bootstrap(settings):
+                print(line)
+        else:
+            return 0 if doctor(settings) else 1
+    except InfraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,187 @@
+"""Start, watch and stop the lab's local background processes.
+
+Each process gets a log file under `<lab_home>/logs/` and a pid file under `<lab_home>/run/`.
+Only processes whose pid file the lab wrote are ever stopped, and a pid is trusted only while its
+command line still matches, so a recycled pid is never killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class InfraError(RuntimeError):
+    """A problem a person has to act on; the message says what happened and what to do."""
+
+
+@dataclass(frozen=True)
+class ProcessFiles:
+    name: str
+    lab_home: Path
+
+    @property
+    def log(self) -> Path:
+        return self.lab_home / "logs" / f"{self.name}.log"
+
+    @property
+    def pid(self) -> Path:
+        return self.lab_home / "run" / f"{self.name}.pid"
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def running_pid(files: ProcessFiles) -> int | None:
+    """The pid of the lab's process if it is alive and still the one the lab started."""
+    try:
+        pid_text, _, marker = files.pid.read_text().partition("\n")
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    cmdline = _cmdline(pid)
+    if not cmdline or (marker.strip() and marker.strip() not in cmdline):
+        return None
+    # A zombie (exited, not yet reaped) counts as gone.
+    with contextlib.suppress(OSError):
+        if "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text():
+            return None
+    return pid
+
+
+def start_process(
+    files: ProcessFiles,
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    marker: str | None = None,
+    user: str | None = None,
+) -> int:
+    """Start `argv` detached (own session), output appended to the log, pid recorded."""
+    files.log.parent.mkdir(parents=True, exist_ok=True)
+    files.pid.parent.mkdir(parents=True, exist_ok=True)
+    with files.log.open("ab") as log:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        log.write(f"\n=== {stamp} starting: {' '.join(argv)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+            user=user,
+            group=user,
+        )
+    files.pid.write_text(f"{proc.pid}\n{marker or argv[0]}\n")
+    return proc.pid
+
+
+def stop_process(
+    files: ProcessFiles, timeout: float = 30.0, stop_signal: int = signal.SIGTERM
+) -> bool:
+    """Signal the lab's process, SIGKILL its group after `timeout`. True if one was running."""
+    pid = running_pid(files)
+    if pid is None:
+        files.pid.unlink(missing_ok=True)
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, stop_signal)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and running_pid(files) is not None:
+        time.sleep(0.2)
+    if running_pid(files) is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        time.sleep(0.5)
+    files.pid.unlink(missing_ok=True)
+    return True
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        content = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log yet)"
+    return "\n".join(content[-lines:])
+
+
+def wait_until(
+    check: Callable[[], bool],
+    *,
+    what: str,
+    timeout: float,
+    files: ProcessFiles | None = None,
+    interval: float = 0.5,
+) -> float:
+    """Poll `check` until it is true; raise InfraError naming the log on timeout or early exit."""
+    started = time.monotonic()
+    while True:
+        with contextlib.suppress(Exception):
+            if check():
+                return time.monotonic() - started
+        if files is not None and running_pid(files) is None:
+            raise InfraError(
+                f"{what} exited while starting. Last lines of {files.log}:\n{log_tail(files.log)}"
+            )
+        if time.monotonic() - started > timeout:
+            where = f" See its log: {files.log}\n{log_tail(files.log)}" if files else ""
+            raise InfraError(f"{what} did not become ready within {timeout:.0f} s.{where}")
+        time.sleep(interval)
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    what: str,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 1800,
+    log: Path | None = None,
+) -> str:
+    """Run a setup command to completion; on failure raise InfraError with its output."""
+    try:
+        result = subprocess.run(
+            list(argv),
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise InfraError(f"{what}: {argv[0]} is not installed ({exc}).") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise InfraError(f"{what} took longer than {timeout:.0f} s: {' '.join(argv)}") from exc
+    output = result.stdout + result.stderr
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a") as handle:
+            handle.write(f"\n=== {what}: {' '.join(argv)}\n{output}")
+    if result.returncode != 0:
+        tail = "\n".join(output.strip().splitlines()[-20:])
+        raise InfraError(f"{what} failed (exit {result.returncode}): {' '.join(argv)}\n{tail}")
+    return result.stdout

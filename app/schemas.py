@@ -1,0 +1,157 @@
+"""The record contract: one definition of each record, used by every hop.
+
+The API validates requests with these models, the generator builds them, the DAG re-validates
+what it reads from Kafka, and the Spark schema of the lake is derived from them. Field names on
+the wire, in Kafka, in MongoDB and in Parquet are the seed's (`UserId`, `TimeStamp`, ...); Python
+code uses snake_case attributes with those names as aliases.
+
+Decisions the seed left open:
+- `TimeStamp` is ISO 8601 with a time zone (`2026-11-27T10:15:00Z`, `...+03:00`); a time without a
+  zone is refused rather than guessed. It is stored normalised to UTC with microseconds and `Z`.
+- `Discount` and `ItemDiscount` are fractions of the price (0.15 = 15 % off), 0 <= d <= 1.
+- Prices are non-negative finite numbers in one currency; `ItemCount` is a positive integer.
+- `TotalPrice` must equal the sum of `ItemCount * ItemPrice * (1 - ItemDiscount)` over the lines,
+  within 0.01 per line (each line may be rounded to cents by the sender).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    model_validator,
+)
+
+TOTAL_TOLERANCE_PER_LINE = 0.01
+
+
+class EventName(StrEnum):
+    PAGE_VISITED = "PageVisited"
+    CHECKED_PRODUCT_REVIEWS = "CheckedProductReviews"
+    ADDED_BASKET = "AddedBasket"
+
+
+class PaymentType(StrEnum):
+    CREDIT_CARD = "CreditCard"
+    DEBIT_CARD = "DebitCard"
+    PAYPAL = "PayPal"
+    BANK_TRANSFER = "BankTransfer"
+    CASH_ON_DELIVERY = "CashOnDelivery"
+
+
+def _require_zone(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("must include a time zone, e.g. 2026-11-27T10:15:00Z or +03:00")
+    return value.astimezone(UTC)
+
+
+def format_timestamp(value: datetime) -> str:
+    """Canonical wire form of a timestamp: UTC, microseconds, `Z`."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+Timestamp = Annotated[
+    datetime,
+    AfterValidator(_require_zone),
+    PlainSerializer(format_timestamp, return_type=str, when_used="json"),
+]
+Identifier = Annotated[
+    str,
+    Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$"),
+]
+Money = Annotated[float, Field(ge=0, le=1_000_000_000, allow_inf_nan=False, strict=True)]
+Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False, strict=True)]
+
+
+class Record(BaseModel):
+    """Base of every wire record: seed names as aliases, unknown fields refused."""
+
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, frozen=True, str_strip_whitespace=False
+    )
+
+    def to_json_bytes(self) -> bytes:
+        """The record exactly as it is stored in Kafka."""
+        return self.model_dump_json(by_alias=True).encode()
+
+    def to_wire(self) -> dict[str, Any]:
+        """JSON-compatible dict with the seed's field names."""
+        data: dict[str, Any] = self.model_dump(mode="json", by_alias=True)
+        return data
+
+
+class EventAttributes(Record):
+    product_id: Identifier = Field(alias="ProductId")
+    price: Money = Field(alias="Price")
+    discount: Fraction = Field(alias="Discount")
+
+
+class UserEvent(Record):
+    """One user action, sent with `PUT /SendEvent` to topic `UserEvents`."""
+
+    user_id: Identifier = Field(alias="UserId")
+    session_id: Identifier = Field(alias="SessionId")
+    event_name: EventName = Field(alias="EventName")
+    timestamp: Timestamp = Field(alias="TimeStamp")
+    attributes: EventAttributes = Field(alias="Attributes")
+
+
+class PurchasedProduct(Record):
+    product_id: Identifier = Field(alias="ProductId")
+    item_count: int = Field(alias="ItemCount", ge=1, le=100_000, strict=True)
+    item_price: Money = Field(alias="ItemPrice")
+    item_discount: Fraction = Field(alias="ItemDiscount")
+
+    @property
+    def line_total(self) -> float:
+        return self.item_count * self.item_price * (1 - self.item_discount)
+
+
+class Purchase(Record):
+    """One order, sent in the array of `POST /PurchasedItems` to topic `PurchasedItem`."""
+
+    session_id: Identifier = Field(alias="SessionId")
+    timestamp: Timestamp = Field(alias="TimeStamp")
+    user_id: Identifier = Field(alias="UserId")
+    total_price: Money = Field(alias="TotalPrice")
+    order_id: Identifier = Field(alias="OrderId")
+    products: list[PurchasedProduct] = Field(alias="Products", min_length=1, max_length=1000)
+    payment_type: PaymentType = Field(alias="PaymentType")
+
+    @model_validator(mode="after")
+    def _total_matches_lines(self) -> Purchase:
+        expected = sum(line.line_total for line in self.products)
+        tolerance = TOTAL_TOLERANCE_PER_LINE * len(self.products) + 1e-9
+        if abs(self.total_price - expected) > tolerance:
+            raise ValueError(
+                f"TotalPrice {self.total_price} does not match the sum of the product lines "
+                f"({expected:.2f}: ItemCount * ItemPrice * (1 - ItemDiscount)); "
+                f"allowed difference is {TOTAL_TOLERANCE_PER_LINE} per line"
+            )
+        return self
+
+
+def order_total(products: list[PurchasedProduct]) -> float:
+    """`TotalPrice` of an order as the generator and the docs compute it: rounded to cents."""
+    return round(sum(line.line_total for line in products), 2)
+
+
+def parse_json_object(raw: bytes | str | None) -> dict[str, Any]:
+    """Decode a Kafka value into a JSON object, or raise ValueError saying why not."""
+    if raw is None:
+        raise ValueError("empty message value (tombstone)")
+    try:
+        value = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ValueError(f"not a JSON object but {type(value).__name__}")
+    return value
