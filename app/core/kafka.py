@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from app.core.config import Settings
 
@@ -34,7 +34,7 @@ def ensure_topics(settings: Settings, topics: list[str] | None = None) -> list[s
             ],
             operation_timeout=30,
         )
-        for name, future in futures.items():
+        for future in futures.values():
             try:
                 future.result()
             except KafkaException as exc:
