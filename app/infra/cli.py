@@ -8,11 +8,14 @@ bucket, indexes and tables. It is idempotent: services already up are left alone
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from app.core.config import ROOT, Settings, get_settings
@@ -59,12 +62,27 @@ def _compose(*args: str, timeout: float = 600) -> str:
     )
 
 
+@contextlib.contextmanager
+def infra_lock(settings: Settings) -> Iterator[None]:
+    """One `up`/`down` at a time, even from parallel test runs or terminals."""
+    path = settings.lab_home / "run" / "infra.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def up(settings: Settings) -> None:
+    with infra_lock(settings):
+        _up(settings)
+
+
+def _up(settings: Settings) -> None:
     mode = resolve_mode(settings)
     started = time.monotonic()
     print(f"infra-up: {mode} mode (data and logs under {settings.lab_home})")
     if mode == "docker":
-        _compose("up", "-d", "--wait")
+        _compose("up", "-d", "--wait", "kafka", "mongo", "minio", "postgres")
     else:
         for service in local_services(settings):
             print(f"  {service.name:<9} {service.describe():<40} ...", end="", flush=True)
@@ -80,7 +98,23 @@ def up(settings: Settings) -> None:
     print(f"infra-up: all four services ready in {time.monotonic() - started:.1f} s")
 
 
+def install(settings: Settings) -> None:
+    """Fetch and build what the local mode runs (no-op for what is cached)."""
+    if resolve_mode(settings) == "local":
+        for service in local_services(settings):
+            started = time.monotonic()
+            service.install()
+            print(
+                f"  {service.name:<9} {service.describe():<40} {time.monotonic() - started:.1f} s"
+            )
+
+
 def down(settings: Settings) -> None:
+    with infra_lock(settings):
+        _down(settings)
+
+
+def _down(settings: Settings) -> None:
     mode = resolve_mode(settings)
     if mode == "docker":
         _compose("down")
@@ -212,11 +246,15 @@ def doctor(settings: Settings) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.infra", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status", "doctor", "bootstrap"])
+    parser.add_argument(
+        "command", choices=["install", "up", "down", "status", "doctor", "bootstrap"]
+    )
     args = parser.parse_args(argv)
     settings = get_settings()
     try:
-        if args.command == "up":
+        if args.command == "install":
+            install(settings)
+        elif args.command == "up":
             up(settings)
         elif args.command == "down":
             down(settings)

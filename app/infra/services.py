@@ -34,6 +34,8 @@ class Launch:
     env: dict[str, str] = field(default_factory=dict)
     user: str | None = None
     cwd: Path | None = None
+    # A string of the command line that identifies our process (guards against pid reuse).
+    marker: str | None = None
 
 
 class LocalService(ABC):
@@ -90,7 +92,12 @@ class LocalService(ABC):
         self.prepare()
         spec = self.launch()
         start_process(
-            self.files, spec.argv, env=spec.env, user=spec.user, cwd=spec.cwd, marker=spec.argv[0]
+            self.files,
+            spec.argv,
+            env=spec.env,
+            user=spec.user,
+            cwd=spec.cwd,
+            marker=spec.marker or spec.argv[0],
         )
         took = wait_until(self.ready, what=self.name, timeout=self.start_timeout, files=self.files)
         return f"started in {took:.1f} s"
@@ -225,6 +232,7 @@ class Postgres(LocalService):
             ],
             user=self._os_user,
             cwd=self.data_dir,
+            marker=str(self.data_dir),
         )
 
     def ready(self) -> bool:
