@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     # Kafka
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_controller_port: int = 9093
-    kafka_version: str = "4.1.1"
+    kafka_version: str = "4.1.2"
     kafka_heap: str = "512m"
     kafka_partitions: int = Field(default=3, ge=1)
     kafka_replication_factor: int = Field(default=1, ge=1)
