@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
@@ -41,7 +43,12 @@ def ensure_topics(settings: Settings, topics: list[str] | None = None) -> list[s
                 # Created meanwhile by someone else: that is what we wanted.
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise
+    # Metadata can lag a fresh CreateTopics by a moment; wait until every topic is listed.
+    deadline = time.monotonic() + 30
     metadata = admin.list_topics(timeout=15).topics
+    while any(name not in metadata for name in wanted) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        metadata = admin.list_topics(timeout=15).topics
     return [
         f"topic {name}: {len(metadata[name].partitions)} partitions"
         + (" (created)" if name in missing else "")

@@ -22,7 +22,7 @@ def go_build(source_dir: Path, output: Path, package: str, *, what: str, log: Pa
         [go, "build", "-trimpath", "-ldflags", "-s -w", "-o", str(partial), package],
         what=f"building {what} with Go (first time: a few minutes)",
         cwd=source_dir,
-        env={"CGO_ENABLED": "0", "GOFLAGS": "-buildvcs=false -mod=mod"},
+        env={"CGO_ENABLED": "0", "GOFLAGS": "-buildvcs=false"},
         log=log,
         timeout=2400,
     )

@@ -76,7 +76,7 @@ def start_process(
     cwd: Path | None = None,
     marker: str | None = None,
     user: str | None = None,
-) -> int:
+) -> subprocess.Popen[bytes]:
     """Start `argv` detached (own session), output appended to the log, pid recorded."""
     files.log.parent.mkdir(parents=True, exist_ok=True)
     files.pid.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +96,7 @@ def start_process(
             group=user,
         )
     files.pid.write_text(f"{proc.pid}\n{marker or argv[0]}\n")
-    return proc.pid
+    return proc
 
 
 def stop_process(
@@ -134,15 +134,24 @@ def wait_until(
     what: str,
     timeout: float,
     files: ProcessFiles | None = None,
+    process: subprocess.Popen[bytes] | None = None,
     interval: float = 0.5,
 ) -> float:
-    """Poll `check` until it is true; raise InfraError naming the log on timeout or early exit."""
+    """Poll `check` until it is true; raise InfraError naming the log on timeout or early exit.
+
+    With `process` (just started by us), its exit is detected through the child handle, which
+    has no race with exec; otherwise through the pid file of `files`.
+    """
     started = time.monotonic()
     while True:
         with contextlib.suppress(Exception):
             if check():
                 return time.monotonic() - started
-        if files is not None and running_pid(files) is None:
+        if process is not None:
+            exited = process.poll() is not None
+        else:
+            exited = files is not None and running_pid(files) is None
+        if files is not None and exited:
             raise InfraError(
                 f"{what} exited while starting. Last lines of {files.log}:\n{log_tail(files.log)}"
             )

@@ -91,7 +91,7 @@ class LocalService(ABC):
         self.install()
         self.prepare()
         spec = self.launch()
-        start_process(
+        process = start_process(
             self.files,
             spec.argv,
             env=spec.env,
@@ -99,7 +99,13 @@ class LocalService(ABC):
             cwd=spec.cwd,
             marker=spec.marker or spec.argv[0],
         )
-        took = wait_until(self.ready, what=self.name, timeout=self.start_timeout, files=self.files)
+        took = wait_until(
+            self.ready,
+            what=self.name,
+            timeout=self.start_timeout,
+            files=self.files,
+            process=process,
+        )
         return f"started in {took:.1f} s"
 
     def stop(self) -> bool:

@@ -22,5 +22,6 @@ def ensure_bucket(settings: Settings) -> str:
     fs = s3_filesystem(settings)
     if fs.exists(settings.s3_bucket):
         return f"bucket {settings.s3_bucket}: exists"
-    fs.mkdir(settings.s3_bucket)
+    # A plain CreateBucket: s3fs's mkdir sends a LocationConstraint that us-east-1 refuses.
+    fs.call_s3("create_bucket", Bucket=settings.s3_bucket)
     return f"bucket {settings.s3_bucket}: created"
