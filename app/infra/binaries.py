@@ -10,10 +10,15 @@ from app.infra.services import _tool
 GO_HINT = "Install Go 1.25+ (e.g. `sudo apt-get install -y golang`), or put the server on PATH."
 
 
+def is_up_to_date(output: Path, source_dir: Path) -> bool:
+    """True when `output` exists and is newer than every build input in `source_dir`."""
+    inputs = [p for p in source_dir.iterdir() if p.suffix in {".go", ".mod", ".sum", ".sh"}]
+    return output.exists() and all(output.stat().st_mtime >= p.stat().st_mtime for p in inputs)
+
+
 def go_build(source_dir: Path, output: Path, package: str, *, what: str, log: Path) -> Path:
     """`go build` `package` from the module in `source_dir` unless `output` is up to date."""
-    inputs = [p for p in source_dir.iterdir() if p.suffix in {".go", ".mod", ".sum"}]
-    if output.exists() and all(output.stat().st_mtime >= p.stat().st_mtime for p in inputs):
+    if is_up_to_date(output, source_dir):
         return output
     go = _tool("go", GO_HINT)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """MongoDB as a local process: `mongod` when one is on PATH, else FerretDB 1.x (Apache-2.0).
 
 FerretDB speaks the MongoDB wire protocol and keeps its data in SQLite files under the lab home.
-It is built from the Go module proxy by a small wrapper in infra/ferretdb (see its main.go).
+It is built from the Go module proxy by infra/ferretdb/build.sh: a small wrapper (main.go) plus
+three build-time fixes of upstream bugs that the pipeline would hit (see the script).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import shutil
 from pathlib import Path
 
 from app.core.config import ROOT
-from app.infra.binaries import go_build
-from app.infra.services import HOST, Launch, LocalService
+from app.infra.binaries import GO_HINT, is_up_to_date
+from app.infra.process import run
+from app.infra.services import HOST, Launch, LocalService, _tool
 
 FERRETDB_DIR = ROOT / "infra" / "ferretdb"
 
@@ -29,15 +31,23 @@ class Mongo(LocalService):
         return shutil.which("mongod")
 
     def describe(self) -> str:
-        return "mongod (PATH)" if self.mongod else "FerretDB 1.24 (SQLite backend)"
+        return "mongod (PATH)" if self.mongod else "FerretDB 1.24.2 (patched, SQLite)"
 
     @property
     def ferretdb_binary(self) -> Path:
-        return self.home / "bin" / "ferretdb"
+        return self.home / "bin" / "ferretdb-1.24.2-patched"
 
     def install(self) -> None:
-        if not self.mongod:
-            go_build(FERRETDB_DIR, self.ferretdb_binary, ".", what="FerretDB", log=self.files.log)
+        if self.mongod or is_up_to_date(self.ferretdb_binary, FERRETDB_DIR):
+            return
+        _tool("go", GO_HINT)
+        run(
+            ["bash", str(FERRETDB_DIR / "build.sh"), str(self.ferretdb_binary)],
+            what="building FerretDB with Go (first time: a few minutes)",
+            env={"FERRETDB_SRC_DIR": str(self.home / "build" / "ferretdb")},
+            log=self.files.log,
+            timeout=2400,
+        )
 
     def prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,10 @@
 // small main drives FerretDB through it instead. We never build or ship
 // MongoDB itself (SSPL).
 //
+// Build with `bash infra/ferretdb/build.sh [OUT]` (static, CGO_ENABLED=0, and
+// with three upstream bug fixes applied; see that script). A plain
+// `go build .` here also works but gives the unpatched upstream behaviour.
+//
 // Configuration: every flag can also be given as an environment variable
 // (flags win):
 //
@@ -79,10 +83,11 @@ func reportVersion() {
 	}
 	for _, dep := range bi.Deps {
 		if dep.Path == ferretModule {
-			if dep.Replace != nil {
-				dep = dep.Replace
+			v := dep.Version
+			if dep.Replace != nil { // build.sh builds a patched local copy
+				v += "+eventlab.patched"
 			}
-			version.Get().Version = dep.Version
+			version.Get().Version = v
 			return
 		}
 	}

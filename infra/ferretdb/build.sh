@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Build the lab's FerretDB binary:  bash infra/ferretdb/build.sh [OUT]
+#   OUT default: <repo>/.lab/bin/ferretdb
+#   FERRETDB_SRC_DIR: where the patched FerretDB copy goes
+#                     (default <repo>/.lab/build/ferretdb-v1.24.2; keep it stable
+#                     so rebuilds hit the Go build cache)
+# Needs only Go and the Go module proxy; the result is pure Go (modernc SQLite,
+# no cgo), statically linked.
+#
+# Three upstream bugs in FerretDB v1.24.2 are fixed at build time (Go refuses
+# -overlay for module-cache files, so we build against a patched copy of the
+# module through a temporary go.mod (-modfile) with a replace directive;
+# nothing of FerretDB is committed here):
+#
+# 1. internal/handler/msg_update.go defers closing each update statement's read
+#    iterator until the whole `update` command ends. An UpdateOne that matches
+#    a document stops reading early, so each such statement keeps a backend
+#    connection checked out. One `update` command (one pymongo bulk_write) with
+#    more matching single-document updates than the pool holds (sqlite: 100 per
+#    database; postgresql: pool_max_conns, default 50) then waits forever, and
+#    that database stops answering until FerretDB restarts.
+# 2. internal/handler/common/aggregations/stages/group.go hands one shared
+#    iterator to all accumulators of a group, so in
+#    {$group: {_id: .., n: {$sum: 1}, tot: {$sum: "$x"}}} only the first
+#    accumulator sees the documents and every later one silently returns 0.
+# 3. internal/backends/sqlite/metadata/metadata.go addresses _id as
+#    ->'$._id' while every _id index is built on ->"_id"; SQLite matches index
+#    expressions by their text, so each _id lookup, per-document UPDATE and
+#    DELETE scanned the whole table (update_many on 10k docs: ~1 min).
+#
+# A plain `go build .` in this directory also works (unpatched upstream code).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+out=${1:-$repo/.lab/bin/ferretdb}
+mod=github.com/FerretDB/FerretDB
+ver=v1.24.2
+srcdir=${FERRETDB_SRC_DIR:-$repo/.lab/build/ferretdb-$ver}
+
+cd "$here"
+go mod download "$mod"
+orig=$(go list -m -f '{{.Dir}}' "$mod")
+[ "$(go list -m -f '{{.Version}}' "$mod")" = "$ver" ] || { echo "build.sh: go.mod must require $mod $ver" >&2; exit 1; }
+
+# fresh patched copy (module cache files are read-only)
+rm -rf "$srcdir"
+mkdir -p "$srcdir"
+cp -R "$orig/." "$srcdir/"
+chmod -R u+w "$srcdir"
+
+# apply_fix FILE SHA256 MARKER-COUNT SED-ARGS...: check the pristine file, edit the copy
+apply_fix() {
+	local rel=$1 want=$2 count=$3
+	shift 3
+	local got
+	got=$(sha256sum "$orig/$rel" | cut -d' ' -f1)
+	[ "$got" = "$want" ] || { echo "build.sh: unexpected $rel (sha256 $got)" >&2; exit 1; }
+	sed "$@" "$orig/$rel" >"$srcdir/$rel"
+	[ "$(grep -c 'eventlab patch' "$srcdir/$rel")" = "$count" ] || { echo "build.sh: patching $rel failed" >&2; exit 1; }
+}
+
+# 1. update: close each statement's read iterator right away, not at command end
+apply_fix internal/handler/msg_update.go 8758eeae40c6b02df7313ab10558a391adb86d2ede3fe480f7d8d5ef651ac096 1 \
+	-e '/^\t\tdefer closer.Close()$/d' \
+	-e 's/^\t\tresult, err := common.UpdateDocument(ctx, c, "update", iter, &u)$/&\n\t\tcloser.Close() \/\/ eventlab patch: release the connection per statement/'
+
+# 2. $group: give every accumulator its own iterator over the group's documents
+apply_fix internal/handler/common/aggregations/stages/group.go e599f6be866fed71abe940d997404982615b6bca6ae34c307128c496992235ea 1 \
+	-e '/^\t\tgroupIter := iterator.Values(iterator.ForSlice(groupedDocument.documents))$/d' \
+	-e '/^\t\tdefer groupIter.Close()$/d' \
+	-e 's/^\t\t\tout, err := accumulation.accumulator.Accumulate(groupIter)$/\t\t\tgroupIter := iterator.Values(iterator.ForSlice(groupedDocument.documents)) \/\/ eventlab patch\n&\n\t\t\tgroupIter.Close()/'
+
+# 3. sqlite: look documents up by _id with the same expression the _id index is
+#    built on (->'_id'; upstream uses ->'$._id', which SQLite does not match to
+#    the index), so _id finds, updates and deletes stop scanning the whole table
+apply_fix internal/backends/sqlite/metadata/metadata.go 2a831ed534120b6adf5c819fbfc002894efe54ee03490d8526b977653e73c527 1 \
+	-e "s/^\tIDColumn = DefaultColumn + \"->'\\\$._id'\"\$/\tIDColumn = DefaultColumn + \"->'_id'\" \/\/ eventlab patch: match the _id index/"
+
+# temporary go.mod/go.sum pair: ours plus the replace directive
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cp go.mod "$tmp/go.mod"
+cp go.sum "$tmp/go.sum"
+go mod edit -modfile="$tmp/go.mod" -replace="$mod@$ver=$srcdir"
+
+mkdir -p "$(dirname "$out")"
+CGO_ENABLED=0 go build -modfile="$tmp/go.mod" -trimpath -ldflags='-s -w' -o "$out" .
+echo "built $out ($("$out" -version))"
