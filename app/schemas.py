@@ -50,12 +50,17 @@ class PaymentType(StrEnum):
 def _require_zone(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("must include a time zone, e.g. 2026-11-27T10:15:00Z or +03:00")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        # e.g. 0001-01-01T00:00:00+03:00: in UTC it would fall before year 1.
+        raise ValueError("is out of range once converted to UTC") from None
 
 
 def format_timestamp(value: datetime) -> str:
     """Canonical wire form of a timestamp: UTC, microseconds, `Z`."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat, unlike strftime("%Y"), zero-pads years below 1000 (and is faster).
+    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 Timestamp = Annotated[

@@ -34,6 +34,14 @@ class Settings(BaseSettings):
     api_max_batch: int = Field(default=1000, ge=1)
     api_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     api_produce_timeout_seconds: float = Field(default=5.0, gt=0)
+    # How long /health and /health/ready wait for Kafka's metadata answer.
+    api_health_timeout_seconds: float = Field(default=1.0, gt=0)
+
+    # Data generator (python -m app.generator); its command-line options override these.
+    generator_users_per_second: int = Field(default=20, ge=1)
+    generator_concurrency: int = Field(default=16, ge=1)
+    # How long one request is retried (503, connection errors) before its records count as failed.
+    generator_retry_seconds: float = Field(default=30.0, ge=0)
 
     # Kafka
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
@@ -51,6 +59,8 @@ class Settings(BaseSettings):
     mongo_events_collection: str = "user_events"
     mongo_counts_collection: str = "user_event_counts"
     mongo_quarantine_collection: str = "user_events_quarantine"
+    # Batches the drain stored whose events task 2 has not counted yet.
+    mongo_pending_collection: str = "user_event_counts_pending"
 
     # S3 (MinIO in compose, an S3-compatible server in local mode)
     s3_endpoint_url: str = "http://127.0.0.1:9000"
@@ -78,9 +88,12 @@ class Settings(BaseSettings):
 
     # Drain task (Airflow task 1)
     drain_group_id: str = "user-events-to-mongo"
-    drain_batch_size: int = Field(default=5000, ge=1)
+    # At most 50,000: each batch's pending-pairs document must stay far below MongoDB's 16 MB.
+    drain_batch_size: int = Field(default=5000, ge=1, le=50_000)
     drain_max_records: int = Field(default=1_000_000, ge=1)
     drain_max_seconds: float = Field(default=100.0, gt=0)
+    # Counts task (Airflow task 2): (UserId, EventName) pairs read and written per step.
+    counts_batch_size: int = Field(default=5000, ge=1)
 
     # Spark stream
     spark_master: str = "local[*]"
@@ -123,6 +136,10 @@ class Settings(BaseSettings):
     @property
     def checkpoint_dir(self) -> str:
         return self.spark_checkpoint_dir or str(self.lab_home / "spark" / "checkpoints")
+
+    def as_environment(self) -> dict[str, str]:
+        """These settings as environment variables: a child process rebuilds the same Settings."""
+        return {name.upper(): str(value) for name, value in self.model_dump().items()}
 
     def postgres_dsn(self, database: str | None = None) -> str:
         """libpq URL for the analytics database (or another database on the same server)."""

@@ -24,12 +24,13 @@ def mongo_client(settings: Settings, timeout_ms: int = 5000) -> MongoClient[Docu
 
 
 class EventStore:
-    """The three collections: raw events, per-user counts, quarantined messages."""
+    """Raw events, per-user counts, quarantined messages, and the counting bookkeeping."""
 
     def __init__(self, database: Database[Document], settings: Settings) -> None:
         self.events: Collection[Document] = database[settings.mongo_events_collection]
         self.counts: Collection[Document] = database[settings.mongo_counts_collection]
         self.quarantine: Collection[Document] = database[settings.mongo_quarantine_collection]
+        self.pending: Collection[Document] = database[settings.mongo_pending_collection]
 
     @classmethod
     def connect(cls, settings: Settings, client: MongoClient[Document] | None = None) -> EventStore:

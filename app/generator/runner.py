@@ -1,0 +1,162 @@
+"""The generator's loop: one crowd per second, a live status line, a summary at the end.
+
+A tick builds the second's sessions and sends them; the next tick starts one second after the
+previous one started. When sending takes longer than that (API slow, crowd too big for the
+concurrency), the tick is reported as an overrun and the next one starts at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO
+
+import httpx
+
+from app.generator.crowd import Crowd
+from app.generator.sender import Sender, Tally
+
+TICK_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    url: str
+    users_per_second: int
+    concurrency: int
+    retry_seconds: float
+    request_timeout: float
+    max_batch: int
+    ticks: int | None = None  # stop after this many ticks...
+    duration: float | None = None  # ...or after this many seconds; neither: run until stopped
+
+
+@dataclass
+class Progress:
+    """What the status line and the summary show."""
+
+    ticks: int = 0
+    overruns: int = 0
+    started: float = 0.0
+    sent_at_last_status: int = 0
+    last_status: float = 0.0
+
+
+class Console:
+    """Status line and messages: one rewritten line on a terminal, a line per 10 s in a log."""
+
+    def __init__(self, out: IO[str], err: IO[str]) -> None:
+        self.out = out
+        self.err = err
+        self.interactive = out.isatty()
+        self._line_open = False
+
+    def _close_line(self) -> None:
+        if self._line_open:
+            self.out.write("\n")
+            self.out.flush()
+            self._line_open = False
+
+    def message(self, text: str) -> None:
+        self._close_line()
+        self.err.write(f"generator: {text}\n")
+        self.err.flush()
+
+    def status(self, text: str, ticks: int) -> None:
+        if self.interactive:
+            self.out.write(f"\r{text}\x1b[K")
+            self._line_open = True
+        elif ticks % 10 == 0:
+            self.out.write(f"{text}\n")
+        self.out.flush()
+
+    def summary(self, lines: list[str]) -> None:
+        self._close_line()
+        self.out.write("\n".join(lines) + "\n")
+        self.out.flush()
+
+
+def status_line(tally: Tally, progress: Progress, now: float) -> str:
+    elapsed = now - progress.last_status
+    rate = (tally.sent - progress.sent_at_last_status) / elapsed if elapsed > 0 else 0.0
+    return (
+        f"t={now - progress.started:5.0f}s  sent {tally.sent} ({rate:.0f}/s)  "
+        f"accepted {tally.accepted}  rejected {tally.rejected}  failed {tally.failed}  "
+        f"retries {tally.retries}  overruns {progress.overruns}"
+    )
+
+
+def summary_lines(tally: Tally, progress: Progress, now: float, interrupted: bool) -> list[str]:
+    lines = [
+        f"generator: {'interrupted' if interrupted else 'finished'} after {progress.ticks} ticks "
+        f"in {now - progress.started:.1f} s ({progress.overruns} overran the 1 s cadence)",
+        f"  records generated {tally.generated}: accepted {tally.accepted}, "
+        f"rejected {tally.rejected}, failed {tally.failed}"
+        + (
+            f", interrupted mid-request {tally.in_flight} (may or may not be stored), "
+            f"never sent {tally.unsent}"
+            if interrupted
+            else ""
+        ),
+        f"  requests retried: {tally.retries}",
+    ]
+    lines += [f"  {count} request(s): {problem}" for problem, count in tally.problems.items()]
+    return lines
+
+
+async def run(
+    options: RunOptions,
+    crowd: Crowd,
+    console: Console,
+    record_file: IO[bytes] | None = None,
+) -> Tally:
+    """Generate and send ticks until the count or duration is reached or the task is cancelled."""
+    progress = Progress(started=time.monotonic())
+    progress.last_status = progress.started
+    interrupted = False
+    limits = httpx.Limits(
+        max_connections=options.concurrency, max_keepalive_connections=options.concurrency
+    )
+    async with httpx.AsyncClient(
+        base_url=options.url, limits=limits, timeout=options.request_timeout
+    ) as client:
+        sender = Sender(
+            client,
+            concurrency=options.concurrency,
+            max_batch=options.max_batch,
+            retry_seconds=options.retry_seconds,
+            report=console.message,
+            record_file=record_file,
+        )
+        try:
+            while not _done(options, progress):
+                tick_started = time.monotonic()
+                await sender.send_tick(crowd.tick(datetime.now(UTC), options.users_per_second))
+                progress.ticks += 1
+                took = time.monotonic() - tick_started
+                if took > TICK_SECONDS:
+                    progress.overruns += 1
+                    console.message(
+                        f"tick {progress.ticks} took {took:.2f} s, over the 1 s cadence: the "
+                        "API is slow or the crowd too big (lower --users-per-second or raise "
+                        "--concurrency)"
+                    )
+                now = time.monotonic()
+                console.status(status_line(sender.tally, progress, now), progress.ticks)
+                progress.sent_at_last_status = sender.tally.sent
+                progress.last_status = now
+                if not _done(options, progress):
+                    await asyncio.sleep(max(0.0, tick_started + TICK_SECONDS - now))
+        except asyncio.CancelledError:
+            interrupted = True
+        finally:
+            console.summary(summary_lines(sender.tally, progress, time.monotonic(), interrupted))
+    return sender.tally
+
+
+def _done(options: RunOptions, progress: Progress) -> bool:
+    if options.ticks is not None and progress.ticks >= options.ticks:
+        return True
+    return options.duration is not None and time.monotonic() - progress.started >= options.duration

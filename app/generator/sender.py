@@ -1,0 +1,174 @@
+"""Sends a tick's sessions to the ingest API and keeps count of every record's fate.
+
+Events go one request each through `PUT /SendEvent`; a session's events are sent in order, many
+sessions at once (at most `concurrency` requests in flight). Orders go afterwards, batched through
+`POST /PurchasedItems`. A 503, 502, 504, 429 or a connection problem is retried with exponential
+backoff (honouring `Retry-After`) for up to `retry_seconds`; records that still fail are counted
+as failed and reported, a 4xx is counted as rejected and reported with the API's reason. So
+every record built ends in exactly one of: accepted, rejected, failed, or (when the run is
+stopped) interrupted mid-request or never sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import IO
+
+import httpx
+
+from app.generator.crowd import Session
+from app.schemas import Purchase, Record, UserEvent
+
+RETRIED_STATUSES = frozenset({429, 502, 503, 504})
+FIRST_BACKOFF_SECONDS = 0.25
+MAX_BACKOFF_SECONDS = 5.0
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+@dataclass
+class Tally:
+    """Counts of records (not requests), by outcome."""
+
+    generated: int = 0
+    sent: int = 0  # records whose first request went out
+    accepted: int = 0
+    rejected: int = 0
+    failed: int = 0
+    in_flight: int = 0  # sent, no final answer yet (at the end: interrupted mid-request)
+    retries: int = 0  # requests repeated
+    problems: Counter[str] = field(default_factory=Counter)  # requests, by problem
+
+    @property
+    def unsent(self) -> int:
+        return self.generated - self.sent
+
+
+class Sender:
+    """Posts records to the API with bounded concurrency, retries and an exact tally."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        concurrency: int,
+        max_batch: int,
+        retry_seconds: float,
+        report: Callable[[str], None],
+        record_file: IO[bytes] | None = None,
+    ) -> None:
+        self.client = client
+        self.max_batch = max_batch
+        self.retry_seconds = retry_seconds
+        self.report = report
+        self.record_file = record_file
+        self.tally = Tally()
+        self._slots = asyncio.Semaphore(concurrency)
+
+    async def send_tick(self, sessions: Sequence[Session]) -> None:
+        """Send every event of the tick (sessions side by side), then its orders in batches."""
+        orders = [order for session in sessions for order in session.purchases]
+        self.tally.generated += sum(len(s.events) for s in sessions) + len(orders)
+        # Task groups, unlike gather, wait for every request to settle when the run is stopped,
+        # so the tally is final when the summary is printed.
+        async with asyncio.TaskGroup() as group:
+            for session in sessions:
+                group.create_task(self._send_session(session))
+        async with asyncio.TaskGroup() as group:
+            for start in range(0, len(orders), self.max_batch):
+                batch = orders[start : start + self.max_batch]
+                group.create_task(self._deliver("POST", "/PurchasedItems", batch))
+
+    async def _send_session(self, session: Session) -> None:
+        for event in session.events:  # in funnel order
+            await self._deliver("PUT", "/SendEvent", [event])
+
+    async def _deliver(
+        self, method: str, path: str, records: list[UserEvent] | list[Purchase]
+    ) -> None:
+        count = len(records)
+        body = (
+            records[0].to_json_bytes()
+            if path == "/SendEvent"
+            else b"[" + b",".join(record.to_json_bytes() for record in records) + b"]"
+        )
+        outcome = await self._request_with_retries(method, path, body, count)
+        self.tally.in_flight -= count
+        if outcome == "accepted":
+            self.tally.accepted += count
+            self._record(path, records)
+        elif outcome == "rejected":
+            self.tally.rejected += count
+        else:
+            self.tally.failed += count
+
+    async def _request_with_retries(self, method: str, path: str, body: bytes, count: int) -> str:
+        """`accepted`, `rejected` (4xx, 500) or `failed` (still unavailable after retrying)."""
+        deadline = time.monotonic() + self.retry_seconds
+        backoff = FIRST_BACKOFF_SECONDS
+        first = True
+        while True:
+            wait = backoff
+            try:
+                async with self._slots:
+                    if first:  # records waiting for a free slot are not sent yet
+                        first = False
+                        self.tally.sent += count
+                        self.tally.in_flight += count
+                    response = await self.client.request(
+                        method, path, content=body, headers=JSON_HEADERS
+                    )
+            except httpx.TransportError as exc:
+                problem = f"{path}: cannot reach the API ({type(exc).__name__}: {exc})"
+            else:
+                if response.is_success:
+                    return "accepted"
+                problem = f"{path}: {response.status_code} {_reason(response)}"
+                if response.status_code not in RETRIED_STATUSES:
+                    self._problem(f"rejected by {problem}")
+                    return "rejected"
+                wait = max(wait, _retry_after(response))
+            if time.monotonic() + wait > deadline:
+                self._problem(f"failed after retrying for {self.retry_seconds:g} s: {problem}")
+                return "failed"
+            self.tally.retries += 1
+            await asyncio.sleep(wait)
+            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+
+    def _problem(self, problem: str) -> None:
+        """Count a request's problem; say it the first time (the summary has the counts)."""
+        if problem not in self.tally.problems:
+            self.report(problem)
+        self.tally.problems[problem] += 1
+
+    def _record(self, path: str, records: Sequence[Record]) -> None:
+        """Append the acknowledged records to the record file (one JSON line each)."""
+        if self.record_file is None:
+            return
+        kind = b"event" if path == "/SendEvent" else b"purchase"
+        self.record_file.write(
+            b"".join(
+                b'{"kind":"' + kind + b'","record":' + record.to_json_bytes() + b"}\n"
+                for record in records
+            )
+        )
+
+
+def _reason(response: httpx.Response) -> str:
+    """The API's `detail` (it names the first invalid field), else the start of the body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    if not isinstance(body, dict):
+        return response.text[:200]
+    reason = str(body.get("detail", ""))
+    return reason or response.text[:200]
+
+
+def _retry_after(response: httpx.Response) -> float:
+    value = response.headers.get("retry-after", "")
+    return min(float(value), MAX_BACKOFF_SECONDS) if value.isdigit() else 0.0

@@ -1,0 +1,80 @@
+"""The lab's SparkSession: small-machine defaults, s3a on the lab's S3 endpoint, connector jars.
+
+Used by the stream (`kafka=True`) and the analysis notebooks. Everything comes from the settings
+object; the jars come from `app.lake.jars` (resolved with Maven on first use, then cached).
+
+No S3A committer is configured on purpose: the streaming file sink does not rename task output
+(each task writes its files in place and the batch commits by appending their names to
+`_spark_metadata`), so the classic rename problem of S3 does not arise, and readers that honour
+`_spark_metadata` (every `spark.read` of the top folder) see only committed files.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+from pyspark.sql import SparkSession
+
+from app.core.config import Settings
+from app.lake.jars import ensure_jars
+
+# Two cores shared with Kafka, the API and Airflow: Spark's 200 shuffle partitions would be
+# 200 tiny tasks per aggregation.
+SHUFFLE_PARTITIONS = 4
+
+
+def s3a_options(settings: Settings) -> dict[str, str]:
+    """Hadoop s3a settings for the lab's endpoint (MinIO or the local S3 gateway)."""
+    endpoint = urlparse(settings.s3_endpoint_url)
+    return {
+        "fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        "fs.s3a.endpoint": settings.s3_endpoint_url,
+        "fs.s3a.endpoint.region": settings.s3_region,
+        # Neither MinIO nor the local gateway serves virtual-host bucket names.
+        "fs.s3a.path.style.access": "true",
+        "fs.s3a.connection.ssl.enabled": str(endpoint.scheme == "https").lower(),
+        "fs.s3a.aws.credentials.provider": (
+            "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider"
+        ),
+        "fs.s3a.access.key": settings.s3_access_key,
+        "fs.s3a.secret.key": settings.s3_secret_key,
+    }
+
+
+def build_spark_session(
+    settings: Settings,
+    app_name: str,
+    *,
+    kafka: bool = False,
+    master: str | None = None,
+    ui: bool = False,
+) -> SparkSession:
+    """A SparkSession for the lab; `kafka=True` adds the Kafka source jars.
+
+    Jar and memory settings only take effect when this call starts the JVM: Spark keeps one
+    session per process, so build it once (with `kafka=True` if any part of the process streams).
+    """
+    master = master or settings.spark_master
+    jars = ensure_jars(settings).for_session(kafka=kafka)
+    builder = (
+        SparkSession.builder.master(master)
+        .appName(app_name)
+        .config("spark.jars", ",".join(str(jar) for jar in jars))
+        .config("spark.driver.memory", settings.spark_driver_memory)
+        .config("spark.sql.shuffle.partitions", str(SHUFFLE_PARTITIONS))
+        .config("spark.sql.session.timeZone", "UTC")
+        # INT96 is Spark's legacy default; micros are what pyarrow and DuckDB read natively.
+        .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+        .config("spark.ui.enabled", str(ui).lower())
+        .config("spark.ui.showConsoleProgress", "false")
+    )
+    if master.startswith("local"):
+        # The lab runs on loopback; don't depend on the host name resolving.
+        builder = builder.config("spark.driver.host", "127.0.0.1").config(
+            "spark.driver.bindAddress", "127.0.0.1"
+        )
+    for key, value in s3a_options(settings).items():
+        builder = builder.config(f"spark.hadoop.{key}", value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark

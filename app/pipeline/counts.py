@@ -1,0 +1,159 @@
+"""Task 2 of the DAG: keep `user_event_counts` exact, with work that follows the new batch.
+
+Each counts document is `{UserId, EventName, EventCount, CountedUpTo}` with `_id` = the pair.
+`CountedUpTo` maps a partition to the offset below which that pair's events are counted, so
+adding a pending batch (written by the drain) counts only its offsets at or above the mark:
+applying a batch twice, or two overlapping batches after a crash and re-read, adds each event
+once. Batches are applied in offset order per partition (their `_id` sorts that way), and every
+batch lists *all* of a pair's events in its offset range, so no event below a mark is missed.
+
+Every write sets one pair's absolute count and marks together, in one single-document update:
+a refresh interrupted anywhere leaves each pair either before or after the batches, and the next
+refresh applies them again from the pending batches, which are dropped only after that.
+
+The refresh never reads the events collection and touches counts documents only by `_id`, so its
+cost follows the pending batches and the pairs they touch, not the history. That matters on
+FerretDB 1.x, which answers any filter other than a single `_id` with a full scan (and has no
+`$merge` nor transactions).
+
+One refresh runs at a time: the DAG's `max_active_runs=1` guarantees it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pymongo import UpdateOne
+
+from app.core.config import Settings
+from app.pipeline.store import Document, EventStore, mongo_client
+
+log = logging.getLogger(__name__)
+
+# Updates per `update` command. Unpatched FerretDB 1.24 holds a connection per matched statement
+# until the command ends, and hangs once its pool (100) is exhausted; see infra/ferretdb/build.sh.
+UPDATES_PER_COMMAND = 50
+
+
+@dataclass
+class CountsSummary:
+    """What one refresh did; small enough for an Airflow XCom."""
+
+    batches: int = 0
+    events_counted: int = 0
+    pairs_written: int = 0
+    new_pairs: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def pair_key(user_id: str, event_name: str) -> str:
+    """`_id` of a counts document. EventName never contains ':', so the key is unambiguous."""
+    return f"{event_name}:{user_id}"
+
+
+def new_count(user_id: str, event_name: str) -> Document:
+    return {
+        "_id": pair_key(user_id, event_name),
+        "UserId": user_id,
+        "EventName": event_name,
+        "EventCount": 0,
+        "CountedUpTo": {},
+    }
+
+
+def apply_batches(counts: dict[str, Document], batches: Iterable[Document]) -> tuple[int, set[str]]:
+    """Add the not-yet-counted events of pending `batches` (in `_id` order) to `counts`.
+
+    `counts` maps pair keys to counts documents and is updated in place; pairs missing from it
+    are new. Returns (events counted, keys of the documents that changed). Applying a batch a
+    second time changes nothing.
+    """
+    counted = 0
+    changed: set[str] = set()
+    for batch in batches:
+        partition = str(batch["Partition"])
+        for pair in batch["Pairs"]:
+            key = pair_key(pair["UserId"], pair["EventName"])
+            document = counts.get(key)
+            if document is None:
+                document = counts[key] = new_count(pair["UserId"], pair["EventName"])
+            mark = document["CountedUpTo"].get(partition, 0)
+            fresh = [offset for offset in pair["Offsets"] if offset >= mark]
+            if fresh:
+                document["EventCount"] += len(fresh)
+                document["CountedUpTo"][partition] = max(fresh) + 1
+                counted += len(fresh)
+                changed.add(key)
+    return counted, changed
+
+
+def _chunks(store: EventStore, max_pairs: int) -> Iterator[list[Document]]:
+    """Pending batches in `_id` order, grouped so each group lists about `max_pairs` pairs.
+
+    One sorted pass: FerretDB would scan the whole collection for every filtered read.
+    """
+    chunk: list[Document] = []
+    pairs = 0
+    for batch in store.pending.find().sort("_id", 1):
+        if chunk and pairs + batch["PairCount"] > max_pairs:
+            yield chunk
+            chunk, pairs = [], 0
+        chunk.append(batch)
+        pairs += batch["PairCount"]
+    if chunk:
+        yield chunk
+
+
+def _write(store: EventStore, documents: list[Document]) -> None:
+    """Set each pair's count and marks, one atomic single-document upsert per pair."""
+    updates = [
+        UpdateOne(
+            {"_id": document["_id"]},
+            {"$set": {k: v for k, v in document.items() if k != "_id"}},
+            upsert=True,
+        )
+        for document in documents
+    ]
+    for start in range(0, len(updates), UPDATES_PER_COMMAND):
+        store.counts.bulk_write(updates[start : start + UPDATES_PER_COMMAND], ordered=False)
+
+
+def refresh_event_counts(settings: Settings) -> CountsSummary:
+    """Count the events of every pending batch into `user_event_counts`; return what was done."""
+    started = time.monotonic()
+    summary = CountsSummary()
+    client = mongo_client(settings)
+    try:
+        store = EventStore.connect(settings, client)
+        store.ensure_indexes()
+        for batches in _chunks(store, settings.counts_batch_size):
+            keys = {pair_key(p["UserId"], p["EventName"]) for b in batches for p in b["Pairs"]}
+            # One lookup per pair by `_id`: an `$in` would scan the whole collection on FerretDB.
+            counts = {
+                key: document
+                for key in sorted(keys)
+                if (document := store.counts.find_one({"_id": key})) is not None
+            }
+            existing = set(counts)
+            counted, changed = apply_batches(counts, batches)
+            _write(store, [counts[key] for key in sorted(changed)])
+            # Dropped once their pairs are written. Applying a batch again changes nothing, so a
+            # crash before this costs a little repeated work, never a wrong count.
+            for batch in batches:
+                store.pending.delete_one({"_id": batch["_id"]})
+            summary.batches += len(batches)
+            summary.events_counted += counted
+            summary.pairs_written += len(changed)
+            summary.new_pairs += len(changed - existing)
+    finally:
+        client.close()
+    summary.seconds = round(time.monotonic() - started, 3)
+    log.info("counts refreshed: %s", summary)
+    return summary

@@ -1,0 +1,378 @@
+"""Benchmark: the ingest API against the real broker, next to the raw producer (the baseline).
+
+Starts the API as the lab does minus live reload (`python -m app.api --no-reload`: uvicorn, one
+worker, uvloop and httptools) on a free port with topics of its own, and measures in one run:
+
+1. baseline: the same records produced straight into the broker by confluent-kafka with the
+   API's producer settings, for events and for orders (records/s);
+2. `PUT /SendEvent`, closed loop on many keep-alive connections: requests/s, p50, p99;
+3. `PUT /SendEvent` at a fixed 1,000 requests/s (open loop; latency counted from each request's
+   scheduled time, so queueing behind a slow answer is not hidden): p50, p99;
+4. `POST /PurchasedItems` with 1,000 orders per request: orders/s.
+
+The load comes from a separate process speaking raw HTTP/1.1 over asyncio streams (uvloop): an
+HTTP client library would spend more CPU than the API under test. Finally it checks that Kafka
+holds exactly the records the API acknowledged, prints the figures next to the targets and
+the baseline, and deletes its topics.
+
+    .venv/bin/python bench/bench_api.py [--seconds 8] [--connections 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from multiprocessing import get_context
+from pathlib import Path
+
+import httpx
+import psutil
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+# Run as a script from anywhere: the repository root holds the `app` package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from app.api.producer import producer_config
+from app.core.config import ROOT, Settings, get_settings
+from app.core.kafka import ensure_topics
+from app.generator.crowd import Crowd
+from app.schemas import Purchase, UserEvent
+
+TARGET_EVENTS_PER_SECOND = 5_000
+TARGET_ORDERS_PER_SECOND = 50_000
+TARGET_P99_MS = 25.0
+FIXED_RATE = 1_000
+ORDERS_PER_REQUEST = 1_000
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def build_records(events: int, orders: int) -> tuple[list[UserEvent], list[Purchase]]:
+    """Generator records: `events` events and `orders` orders with distinct OrderIds."""
+    crowd = Crowd(seed=2026)
+    now = datetime.now(UTC)
+    built_events: list[UserEvent] = []
+    built_orders: list[Purchase] = []
+    while len(built_events) < events or not built_orders:
+        for session in crowd.tick(now, 500):
+            built_events += session.events
+            built_orders += session.purchases
+    # Orders are costly to simulate; copies with their own OrderId are as good here.
+    copies = [
+        built_orders[i % len(built_orders)].model_copy(update={"order_id": f"bench-{i}"})
+        for i in range(orders)
+    ]
+    return built_events[:events], copies
+
+
+def http_request(method: str, path: str, body: bytes) -> bytes:
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+# ----------------------------------------------------------------------------- load process
+
+
+@dataclass
+class LoadResult:
+    seconds: float
+    latencies: list[float] = field(default_factory=list)  # of 2xx answers, in seconds
+    statuses: Counter[int] = field(default_factory=Counter)
+    cpu_seconds: float = 0.0  # CPU the load process itself used
+
+    @property
+    def ok(self) -> int:
+        return sum(n for status, n in self.statuses.items() if 200 <= status < 300)
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> int:
+    """Send one request on a keep-alive connection and read the whole answer; its status."""
+    writer.write(request)
+    status_line = await reader.readline()
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.lower() == b"content-length":
+            length = int(value)
+    await reader.readexactly(length)
+    return int(status_line.split()[1])
+
+
+async def _load(
+    port: int, requests: list[bytes], connections: int, seconds: float, rate: float | None
+) -> LoadResult:
+    """Closed loop (`rate` None: each connection sends as soon as answered) or open loop."""
+    result = LoadResult(seconds=seconds)
+    started = time.perf_counter()
+    deadline = started + seconds
+    counter = iter(range(10**12))
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while True:
+                index = next(counter)
+                if rate is None:
+                    scheduled = time.perf_counter()
+                else:
+                    scheduled = started + index / rate
+                    if scheduled > time.perf_counter():
+                        await asyncio.sleep(scheduled - time.perf_counter())
+                if scheduled >= deadline:
+                    return
+                status = await _exchange(reader, writer, requests[index % len(requests)])
+                result.statuses[status] += 1
+                if 200 <= status < 300:
+                    result.latencies.append(time.perf_counter() - scheduled)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(connection() for _ in range(connections)))
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def run_load(
+    port: int, requests: list[bytes], connections: int, seconds: float, rate: float | None = None
+) -> LoadResult:
+    """Entry point of the load process."""
+    import uvloop
+
+    cpu = time.process_time()
+    result = uvloop.run(_load(port, requests, connections, seconds, rate))
+    result.cpu_seconds = time.process_time() - cpu
+    return result
+
+
+# ----------------------------------------------------------------------------- API process
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_api(settings: Settings) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "API_PORT": str(settings.api_port),
+        "TOPIC_USER_EVENTS": settings.topic_user_events,
+        "TOPIC_PURCHASED_ITEM": settings.topic_purchased_item,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.api", "--no-reload"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{settings.api_url}/health/ready").status_code == 200:
+                return process
+        except httpx.TransportError:
+            time.sleep(0.2)
+    process.terminate()
+    raise SystemExit(f"the API did not become ready at {settings.api_url} within 30 s")
+
+
+# ----------------------------------------------------------------------------- baseline
+
+
+def raw_produce(
+    settings: Settings, topic: str, records: list[tuple[bytes, bytes]]
+) -> tuple[float, float]:
+    """confluent-kafka alone, producing everything and waiting for every report: records/s and
+    CPU microseconds per record."""
+    producer = Producer(producer_config(settings))
+    failures = 0
+
+    def delivered(err: object, _msg: object) -> None:
+        nonlocal failures
+        failures += err is not None
+
+    started, cpu = time.perf_counter(), time.process_time()
+    for key, value in records:
+        while True:
+            try:
+                producer.produce(topic, value, key, on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.05)  # queue full: let librdkafka catch up
+        producer.poll(0)
+    left = producer.flush(60)
+    took, cpu = time.perf_counter() - started, time.process_time() - cpu
+    if failures or left:
+        raise SystemExit(f"baseline: {failures} failed and {left} unsent records into {topic}")
+    return len(records) / took, cpu / len(records) * 1e6
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] * 1000 if ordered else 0.0
+
+
+def stored(settings: Settings, topic: str) -> int:
+    """How many records `topic` holds (sum of its partitions' end offsets)."""
+    reader = Consumer(
+        {"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "bench-watermarks"}
+    )
+    try:
+        partitions = reader.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(
+            reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions
+        )
+    finally:
+        reader.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of each phase")
+    parser.add_argument("--connections", type=int, default=64, help="closed-loop connections")
+    args = parser.parse_args()
+
+    tag = uuid.uuid4().hex[:8]
+    base = get_settings()
+    settings = base.model_copy(
+        update={
+            "api_port": free_port(),
+            "topic_user_events": f"bench-{tag}-UserEvents",
+            "topic_purchased_item": f"bench-{tag}-PurchasedItem",
+        }
+    )
+    raw_events, raw_orders = f"bench-{tag}-raw-UserEvents", f"bench-{tag}-raw-PurchasedItem"
+    topics = [settings.topic_user_events, settings.topic_purchased_item, raw_events, raw_orders]
+    print(f"bench_api: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start")
+    ensure_topics(settings, topics)
+
+    events, orders = build_records(events=20_000, orders=5 * ORDERS_PER_REQUEST)
+    event_records = [(e.user_id.encode(), e.to_json_bytes()) for e in events]
+    order_records = [(o.user_id.encode(), o.to_json_bytes()) for o in orders]
+    event_requests = [http_request("PUT", "/SendEvent", value) for _, value in event_records]
+    batch_requests = [
+        http_request(
+            "POST",
+            "/PurchasedItems",
+            b"[" + b",".join(v for _, v in order_records[i : i + ORDERS_PER_REQUEST]) + b"]",
+        )
+        for i in range(0, len(order_records), ORDERS_PER_REQUEST)
+    ]
+
+    baseline_events, baseline_event_cpu = raw_produce(settings, raw_events, event_records * 10)
+    baseline_orders, baseline_order_cpu = raw_produce(settings, raw_orders, order_records * 10)
+
+    api = start_api(settings)
+    api_process = psutil.Process(api.pid)
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"))
+    try:
+
+        def phase(
+            requests: list[bytes], connections: int, rate: float | None = None
+        ) -> tuple[LoadResult, float]:
+            """The load's result and the API process's CPU use (1.0 = one core) meanwhile."""
+            before = sum(api_process.cpu_times()[:2])
+            result = pool.submit(
+                run_load, settings.api_port, requests, connections, args.seconds, rate
+            ).result()
+            return result, (sum(api_process.cpu_times()[:2]) - before) / result.seconds
+
+        warm_up, _ = phase(event_requests, 8)  # connections, producer, caches
+        closed, closed_cpu = phase(event_requests, args.connections)
+        fixed, fixed_cpu = phase(event_requests, 64, rate=FIXED_RATE)
+        batches, batches_cpu = phase(batch_requests, 4)
+    finally:
+        pool.shutdown()
+        api.terminate()
+        api.wait(timeout=30)
+
+    acknowledged_events = sum(r.ok for r in (warm_up, closed, fixed))
+    acknowledged_orders = batches.ok * ORDERS_PER_REQUEST
+    held_events = stored(settings, settings.topic_user_events)
+    held_orders = stored(settings, settings.topic_purchased_item)
+    AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers}).delete_topics(topics)
+
+    event_rate = closed.ok / closed.seconds
+    order_rate = batches.ok * ORDERS_PER_REQUEST / batches.seconds
+    rows = [
+        (
+            "baseline: raw producer, events",
+            f"{baseline_events:,.0f} records/s",
+            "",
+            f"{baseline_event_cpu:.1f} us CPU/record",
+        ),
+        (
+            "baseline: raw producer, orders",
+            f"{baseline_orders:,.0f} records/s",
+            "",
+            f"{baseline_order_cpu:.1f} us CPU/record",
+        ),
+        (
+            f"PUT /SendEvent, {args.connections} connections",
+            f"{event_rate:,.0f} req/s",
+            f"p50 {percentile(closed.latencies, 0.5):.1f} ms, "
+            f"p99 {percentile(closed.latencies, 0.99):.1f} ms",
+            f"target >= {TARGET_EVENTS_PER_SECOND:,}; {event_rate / baseline_events:.1%} of "
+            f"baseline; API CPU {closed_cpu:.0%} = {closed_cpu / event_rate * 1e6:.0f} us/request",
+        ),
+        (
+            f"PUT /SendEvent at {FIXED_RATE:,} req/s",
+            f"{fixed.ok / fixed.seconds:,.0f} req/s",
+            f"p50 {percentile(fixed.latencies, 0.5):.1f} ms, "
+            f"p99 {percentile(fixed.latencies, 0.99):.1f} ms",
+            f"target p99 <= {TARGET_P99_MS:g} ms; API CPU {fixed_cpu:.0%}",
+        ),
+        (
+            f"POST /PurchasedItems, {ORDERS_PER_REQUEST:,} per request",
+            f"{order_rate:,.0f} orders/s",
+            f"p50 {percentile(batches.latencies, 0.5):.0f} ms per request",
+            f"target >= {TARGET_ORDERS_PER_SECOND:,}; {order_rate / baseline_orders:.1%} of "
+            f"baseline; API CPU {batches_cpu:.0%} = {batches_cpu / order_rate * 1e6:.1f} us/order",
+        ),
+    ]
+    for name, rate, latency, note in rows:
+        print(f"  {name:<40} {rate:>18}  {latency:<28} {note}")
+    other = {
+        status: n
+        for r in (closed, fixed, batches)
+        for status, n in r.statuses.items()
+        if not 200 <= status < 300
+    }
+    print(f"  non-2xx answers: {other or 'none'}")
+    busiest = max(r.cpu_seconds / r.seconds for r in (closed, fixed, batches))
+    print(f"  load generator: at most {busiest:.0%} of a core (it is not the bottleneck below 100%)")
+    consistent = held_events == acknowledged_events and held_orders == acknowledged_orders
+    print(
+        f"  Kafka holds {held_events:,} events and {held_orders:,} orders; the API acknowledged "
+        f"{acknowledged_events:,} and {acknowledged_orders:,}: "
+        + ("consistent" if consistent else "MISMATCH")
+    )
+    return 0 if consistent else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

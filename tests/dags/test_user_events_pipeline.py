@@ -1,0 +1,89 @@
+"""The DAG: it parses, it is scheduled as the mission says, and a real run leaves exact results."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from app.airflow_runner import airflow_environment, dags_test
+from app.analysis.repeat_store import connect
+from app.core.config import ROOT, Settings, get_settings
+from app.pipeline.store import EventStore
+from tests.pipeline.helpers import (
+    committed_offsets,
+    expected_counts,
+    make_events,
+    pipeline_settings,
+    produce,
+    stored_counts,
+)
+
+
+@pytest.fixture(scope="module")
+def dag(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The pipeline DAG as Airflow's DagBag parses it from the repository's dags/ folder."""
+    home = tmp_path_factory.mktemp("airflow")
+    environment = airflow_environment(get_settings(), f"sqlite:///{home / 'airflow.db'}")
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in {**environment, "AIRFLOW_HOME": str(home)}.items():
+            patch.setenv(name, value)
+        from airflow.dag_processing.dagbag import DagBag
+
+        bag = DagBag(dag_folder=ROOT / "dags")
+        assert bag.import_errors == {}
+        yield bag.dags[get_settings().dag_id]
+
+
+def test_dag_file_imports_cleanly_with_only_the_pipeline() -> None:
+    source = (ROOT / "dags" / "user_events_pipeline.py").read_text()
+    # Heavy imports stay inside the tasks, so parsing the file every few seconds is cheap.
+    assert "import kafka" not in source and "import pymongo" not in source
+    assert sorted(p.name for p in (ROOT / "dags").glob("*.py")) == ["user_events_pipeline.py"]
+
+
+def test_dag_runs_every_two_minutes_one_at_a_time(dag: Any) -> None:
+    assert dag.dag_id == "user_events_pipeline"
+    assert dag.schedule == timedelta(minutes=2)
+    assert dag.catchup is False
+    assert dag.max_active_runs == 1
+
+
+def test_tasks_retry_and_run_drain_then_counts(dag: Any) -> None:
+    drain = dag.get_task("drain_user_events")
+    counts = dag.get_task("refresh_event_counts")
+    assert set(dag.task_ids) == {drain.task_id, counts.task_id}
+    assert drain.downstream_task_ids == {counts.task_id}
+    assert counts.upstream_task_ids == {drain.task_id}
+    for task in (drain, counts):
+        assert task.retries >= 1
+        assert task.retry_delay > timedelta(0)
+        assert task.execution_timeout is not None
+
+
+@pytest.mark.slow
+def test_airflow_dags_test_leaves_exact_results(lab_services: Settings) -> None:
+    events = make_events(700)
+    poison: list[bytes | None] = [b"not an event", None]
+    # A metadata database of the tests' own, so the lab's scheduler never sees this run.
+    with pipeline_settings(lab_services, postgres_airflow_database="airflow_tests") as settings:
+        produce(settings, [*(event.to_json_bytes() for event in events), *poison])
+
+        run = dags_test(settings)
+
+        assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+        store = EventStore.connect(settings)
+        assert store.events.count_documents({}) == 700
+        assert store.quarantine.count_documents({}) == 2
+        assert stored_counts(settings) == expected_counts(events)
+        assert sum(committed_offsets(settings).values()) == 702
+        # Airflow kept its metadata in PostgreSQL, not in the SQLite fallback.
+        conn = connect(settings, settings.postgres_airflow_database)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM dag_run WHERE dag_id = %s", (settings.dag_id,))
+                assert cur.fetchone()[0] >= 1
+        finally:
+            conn.close()

@@ -1,0 +1,306 @@
+"""Task 1, the drain: every waiting event stored once, poison quarantined, offsets committed last.
+
+The first tests check how polled records become documents (no services). The others run the
+drain against the real Kafka and MongoDB, each on a topic, database and group of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+
+import pytest
+from kafka.consumer.fetcher import ConsumerRecord
+
+from app.core.config import Settings
+from app.infra.mongo import Mongo
+from app.pipeline.counts import refresh_event_counts
+from app.pipeline.drain import DrainError, drain_user_events, prepare_batch
+from app.pipeline.store import EventStore
+from tests.pipeline.helpers import (
+    committed_offsets,
+    expected_counts,
+    make_events,
+    pipeline_settings,
+    produce,
+    produce_events,
+    run_child,
+    stored_counts,
+)
+
+KAFKA_TIME = 1795822621496  # ms since the epoch
+
+
+def record(offset: int, value: bytes | None, partition: int = 0) -> ConsumerRecord:
+    return ConsumerRecord(
+        "UserEvents", partition, -1, offset, KAFKA_TIME, 0, None, value, [], None, -1, -1, -1
+    )
+
+
+# ----------------------------------------------------------------------- records -> documents
+
+
+def test_valid_event_keeps_its_fields_and_kafka_coordinates() -> None:
+    event = make_events(1)[0]
+    batch = prepare_batch([record(41, event.to_json_bytes(), partition=2)], "token")
+
+    [document] = batch.events
+    assert document["_id"] == "UserEvents:2:41"
+    assert {k: document[k] for k in ("UserId", "SessionId", "EventName", "Attributes")} == {
+        k: v for k, v in event.to_wire().items() if k != "TimeStamp"
+    }
+    assert document["TimeStamp"] == event.timestamp
+    assert document["TimeStamp"].tzinfo is not None
+    assert document["Kafka"] == {
+        "Topic": "UserEvents",
+        "Partition": 2,
+        "Offset": 41,
+        "Timestamp": datetime.fromtimestamp(KAFKA_TIME / 1000, UTC),
+    }
+    assert batch.quarantine == []
+
+
+def test_same_message_gives_the_same_documents() -> None:
+    value = make_events(1)[0].to_json_bytes()
+    first = prepare_batch([record(7, value)], "one")
+    second = prepare_batch([record(7, value)], "two")
+    assert first.events == second.events
+
+
+VALID = json.loads(make_events(1)[0].to_json_bytes())
+
+
+@pytest.mark.parametrize(
+    ("value", "reason", "encoding"),
+    [
+        (b"not json", "not JSON", "utf-8"),
+        (b"\xff\xfe\x00binary", "not JSON", "base64"),
+        (None, "tombstone", None),
+        (b"[1, 2]", "not a JSON object", "utf-8"),
+        (json.dumps({**VALID, "EventName": "Bought"}).encode(), "EventName", "utf-8"),
+        (json.dumps({k: v for k, v in VALID.items() if k != "UserId"}).encode(), "UserId", "utf-8"),
+        (json.dumps({**VALID, "TimeStamp": "2026-11-27T10:15:00"}).encode(), "time zone", "utf-8"),
+        (json.dumps({**VALID, "Extra": 1}).encode(), "Extra", "utf-8"),
+    ],
+)
+def test_invalid_message_is_quarantined_with_reason_and_raw_value(
+    value: bytes | None, reason: str, encoding: str | None
+) -> None:
+    batch = prepare_batch([record(3, value)], "token")
+
+    assert batch.events == [] and batch.pending == []
+    [document] = batch.quarantine
+    assert document["_id"] == "UserEvents:0:3"
+    assert reason in document["Reason"]
+    assert document["RawEncoding"] == encoding
+    if encoding == "utf-8":
+        assert document["RawValue"] == value.decode()  # type: ignore[union-attr]
+    # The poison message is committed past like any other: it never blocks the partition.
+    assert batch.commit == {("UserEvents", 0): 4}
+
+
+def test_pending_batch_lists_every_offset_of_each_pair_per_partition() -> None:
+    a, b = make_events(2, users=1)
+    a_pair = (a.user_id, a.event_name.value)
+    records = [
+        record(10, b"poison", partition=0),
+        record(11, a.to_json_bytes(), partition=0),
+        record(12, b.to_json_bytes(), partition=0),
+        record(13, a.to_json_bytes(), partition=0),
+        record(5, a.to_json_bytes(), partition=1),
+    ]
+    batch = prepare_batch(records, "tok")
+
+    by_partition = {p["Partition"]: p for p in batch.pending}
+    assert by_partition[0]["_id"] == f"{0:05d}:{10:020d}:tok"
+    assert by_partition[0]["FirstOffset"] == 10  # the range starts at the poison message
+    pairs = {(p["UserId"], p["EventName"]): p["Offsets"] for p in by_partition[0]["Pairs"]}
+    if (b.user_id, b.event_name.value) == a_pair:
+        assert pairs == {a_pair: [11, 12, 13]}
+    else:
+        assert pairs[a_pair] == [11, 13]
+    assert by_partition[0]["PairCount"] == len(pairs)
+    assert by_partition[1]["Pairs"] == [
+        {"UserId": a.user_id, "EventName": a.event_name.value, "Offsets": [5]}
+    ]
+    assert batch.commit == {("UserEvents", 0): 14, ("UserEvents", 1): 6}
+
+
+# ----------------------------------------------------------------------- against Kafka and Mongo
+
+
+def test_drain_stores_every_waiting_event_once(lab_services: Settings) -> None:
+    events = make_events(1500)
+    with pipeline_settings(lab_services, drain_batch_size=400) as settings:
+        produce_events(settings, events)
+
+        summary = drain_user_events(settings)
+
+        assert (summary.consumed, summary.stored, summary.already_stored) == (1500, 1500, 0)
+        assert summary.stopped == "caught up" and summary.left == 0
+        assert summary.batches >= 4  # batches of at most 400
+        store = EventStore.connect(settings)
+        assert store.events.count_documents({}) == 1500
+        assert sum(committed_offsets(settings).values()) == 1500
+        refresh_event_counts(settings)
+        assert stored_counts(settings) == expected_counts(events)
+
+        again = drain_user_events(settings)
+        assert (again.consumed, again.stopped) == (0, "caught up")
+
+
+def test_poison_messages_are_quarantined_and_the_rest_stored(lab_services: Settings) -> None:
+    events = make_events(300)
+    poison: list[bytes | None] = [b"{oops", b"\x80\x81", None, b'{"UserId": "u1"}', b"42"]
+    with pipeline_settings(lab_services) as settings:
+        produce(settings, [*poison[:2], *(e.to_json_bytes() for e in events), *poison[2:]])
+
+        summary = drain_user_events(settings)
+
+        assert (summary.consumed, summary.stored, summary.quarantined) == (305, 300, 5)
+        store = EventStore.connect(settings)
+        quarantined = list(store.quarantine.find())
+        assert len(quarantined) == 5
+        assert all(document["Reason"] for document in quarantined)
+        assert {d["RawValue"] for d in quarantined if d["RawEncoding"] == "utf-8"} == {
+            "{oops",
+            '{"UserId": "u1"}',
+            "42",
+        }
+        assert store.events.count_documents({}) == 300
+        # Poison never blocks: everything is committed, the next run has nothing left.
+        assert sum(committed_offsets(settings).values()) == 305
+        assert drain_user_events(settings).consumed == 0
+        refresh_event_counts(settings)
+        assert stored_counts(settings) == expected_counts(events)
+
+
+def test_empty_topic_succeeds_and_changes_nothing(lab_services: Settings) -> None:
+    with pipeline_settings(lab_services) as settings:
+        summary = drain_user_events(settings)
+        counts = refresh_event_counts(settings)
+
+        assert (summary.consumed, summary.stopped) == (0, "caught up")
+        assert counts.events_counted == 0 and counts.pairs_written == 0
+        store = EventStore.connect(settings)
+        for collection in (store.events, store.quarantine, store.counts, store.pending):
+            assert collection.count_documents({}) == 0
+
+
+def test_drain_ends_while_a_producer_keeps_writing(lab_services: Settings) -> None:
+    events = make_events(20_000, users=200)
+    with pipeline_settings(lab_services, drain_batch_size=500) as settings:
+        produce_events(settings, events[:2000])
+        stop = threading.Event()
+        sent = 2000
+
+        def keep_producing() -> None:
+            nonlocal sent
+            while not stop.is_set() and sent < len(events):
+                produce_events(settings, events[sent : sent + 100])
+                sent += 100
+
+        producer = threading.Thread(target=keep_producing)
+        producer.start()
+        try:
+            started = time.monotonic()
+            summary = drain_user_events(settings)
+            took = time.monotonic() - started
+        finally:
+            stop.set()
+            producer.join()
+
+        assert summary.stopped == "caught up"
+        assert summary.consumed >= 2000
+        assert took < settings.drain_max_seconds
+        # What arrived after the start is left for the next run, which stores it.
+        rest = drain_user_events(settings)
+        assert summary.consumed + rest.consumed == sent
+        refresh_event_counts(settings)
+        assert stored_counts(settings) == expected_counts(events[:sent])
+        assert EventStore.connect(settings).events.count_documents({}) == sent
+
+
+def test_record_cap_leaves_the_rest_for_the_next_runs(lab_services: Settings) -> None:
+    events = make_events(1200)
+    with pipeline_settings(lab_services, drain_max_records=500) as settings:
+        produce_events(settings, events)
+
+        first = drain_user_events(settings)
+        assert (first.consumed, first.stopped, first.left) == (500, "record cap (500)", 700)
+        refresh_event_counts(settings)
+        second = drain_user_events(settings)
+        third = drain_user_events(settings)
+
+        assert (second.consumed, third.consumed, third.stopped) == (500, 200, "caught up")
+        refresh_event_counts(settings)
+        assert stored_counts(settings) == expected_counts(events)
+
+
+def test_crash_between_insert_and_commit_then_rerun(lab_services: Settings) -> None:
+    events = make_events(1000)
+    with pipeline_settings(lab_services) as settings:
+        produce_events(settings, events)
+
+        crashed = run_child(
+            settings,
+            "from kafka import KafkaConsumer\n"
+            "KafkaConsumer.commit = lambda self, *args, **kwargs: os._exit(3)",
+            "drain_user_events(get_settings())",
+        )
+        assert crashed.returncode == 3, crashed.stderr
+        store = EventStore.connect(settings)
+        stored_before_crash = store.events.count_documents({})
+        assert stored_before_crash > 0
+        assert committed_offsets(settings) == {}
+
+        rerun = drain_user_events(settings)
+
+        assert rerun.consumed == 1000
+        assert rerun.already_stored == stored_before_crash
+        assert rerun.stored == 1000 - stored_before_crash
+        assert store.events.count_documents({}) == 1000
+        refresh_event_counts(settings)
+        assert stored_counts(settings) == expected_counts(events)
+
+
+def test_mongo_down_during_a_run_fails_clearly_and_loses_nothing(
+    spare_mongo: tuple[Settings, Mongo],
+) -> None:
+    base, mongo = spare_mongo
+    events = make_events(2000)
+    with pipeline_settings(base, drain_batch_size=300) as settings:
+        produce_events(settings, events)
+
+        # Stop MongoDB right after the first batch is stored and committed.
+        class StopMongoAfterFirstBatch(logging.Handler):
+            def emit(self, entry: logging.LogRecord) -> None:
+                if entry.getMessage().startswith("batch 1:"):
+                    mongo.stop()
+
+        handler = StopMongoAfterFirstBatch()
+        logger = logging.getLogger("app.pipeline.drain")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        try:
+            with pytest.raises(DrainError) as failure:
+                drain_user_events(settings)
+        finally:
+            logger.removeHandler(handler)
+
+        message = str(failure.value)
+        assert "MongoDB" in message and "not committed" in message and "infra-up" in message
+        first_batch = sum(committed_offsets(settings).values())
+        assert 0 < first_batch <= 300
+
+        mongo.start()
+        after = drain_user_events(settings)
+
+        assert after.consumed == 2000 - first_batch
+        assert after.stopped == "caught up"
+        refresh_event_counts(settings)
+        assert EventStore.connect(settings).events.count_documents({}) == 2000
+        assert stored_counts(settings) == expected_counts(events)
