@@ -17,6 +17,7 @@ Decisions the seed left open:
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -24,6 +25,7 @@ from typing import Annotated, Any
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -47,6 +49,17 @@ class PaymentType(StrEnum):
     CASH_ON_DELIVERY = "CashOnDelivery"
 
 
+_UNIX_TIME = re.compile(r"\s*[-+]?\d+(\.\d*)?\s*")
+
+
+def _refuse_unix_time(value: object) -> object:
+    # pydantic reads numbers, and strings of digits such as "0", as Unix time; the contract is
+    # an ISO 8601 text with a zone, so those are refused rather than guessed.
+    if isinstance(value, int | float) or (isinstance(value, str) and _UNIX_TIME.fullmatch(value)):
+        raise ValueError("must be an ISO 8601 date-time with a zone, e.g. 2026-11-27T10:15:00Z")
+    return value
+
+
 def _require_zone(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("must include a time zone, e.g. 2026-11-27T10:15:00Z or +03:00")
@@ -65,6 +78,7 @@ def format_timestamp(value: datetime) -> str:
 
 Timestamp = Annotated[
     datetime,
+    BeforeValidator(_refuse_unix_time),
     AfterValidator(_require_zone),
     PlainSerializer(format_timestamp, return_type=str, when_used="json"),
 ]

@@ -28,8 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# Run as a script from anywhere: the repository root holds the `app` package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.core.config import Settings, get_settings
 from app.lake.schema import PARTITION_COLUMN, PURCHASE_ROW

@@ -250,6 +250,36 @@ def stored(settings: Settings, topic: str) -> int:
         reader.close()
 
 
+def broker_process(settings: Settings) -> psutil.Process | None:
+    """The process listening on the bootstrap port, to show the broker's share of the CPU."""
+    for connection in psutil.net_connections(kind="tcp"):
+        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == settings.kafka_port:
+            return psutil.Process(connection.pid) if connection.pid else None
+    return None
+
+
+@dataclass
+class Phase:
+    """One measured phase: the load's result and each process's share of a core meanwhile."""
+
+    name: str
+    load: LoadResult
+    api_cpu: float
+    broker_cpu: float | None
+
+    @property
+    def rate(self) -> float:
+        return self.load.ok / self.load.seconds
+
+    def row(self, rate: str, note: str) -> str:
+        broker = f"{self.broker_cpu:.0%}" if self.broker_cpu is not None else "?"
+        return (
+            f"  {self.name:<38} {rate:>16}  p50 {percentile(self.load.latencies, 0.5):6.1f} ms"
+            f"  p99 {percentile(self.load.latencies, 0.99):6.1f} ms  CPU: API {self.api_cpu:4.0%}"
+            f" broker {broker:>4} load {self.load.cpu_seconds / self.load.seconds:4.0%}  {note}"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each phase")
@@ -257,8 +287,7 @@ def main() -> int:
     args = parser.parse_args()
 
     tag = uuid.uuid4().hex[:8]
-    base = get_settings()
-    settings = base.model_copy(
+    settings = get_settings().model_copy(
         update={
             "api_port": free_port(),
             "topic_user_events": f"bench-{tag}-UserEvents",
@@ -287,84 +316,78 @@ def main() -> int:
     baseline_orders, baseline_order_cpu = raw_produce(settings, raw_orders, order_records * 10)
 
     api = start_api(settings)
-    api_process = psutil.Process(api.pid)
+    api_process, broker = psutil.Process(api.pid), broker_process(settings)
     pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"))
+
+    def cpu(process: psutil.Process | None) -> float | None:
+        return sum(process.cpu_times()[:2]) if process is not None else None
+
+    def phase(
+        name: str, requests: list[bytes], connections: int, rate: float | None = None
+    ) -> Phase:
+        api_before, broker_before = cpu(api_process), cpu(broker)
+        load = pool.submit(
+            run_load, settings.api_port, requests, connections, args.seconds, rate
+        ).result()
+        api_after, broker_after = cpu(api_process), cpu(broker)
+        assert api_before is not None and api_after is not None
+        return Phase(
+            name,
+            load,
+            (api_after - api_before) / load.seconds,
+            (broker_after - broker_before) / load.seconds
+            if broker_before is not None and broker_after is not None
+            else None,
+        )
+
     try:
-
-        def phase(
-            requests: list[bytes], connections: int, rate: float | None = None
-        ) -> tuple[LoadResult, float]:
-            """The load's result and the API process's CPU use (1.0 = one core) meanwhile."""
-            before = sum(api_process.cpu_times()[:2])
-            result = pool.submit(
-                run_load, settings.api_port, requests, connections, args.seconds, rate
-            ).result()
-            return result, (sum(api_process.cpu_times()[:2]) - before) / result.seconds
-
-        warm_up, _ = phase(event_requests, 8)  # connections, producer, caches
-        closed, closed_cpu = phase(event_requests, args.connections)
-        fixed, fixed_cpu = phase(event_requests, 64, rate=FIXED_RATE)
-        batches, batches_cpu = phase(batch_requests, 4)
+        warm_up = phase("warm-up", event_requests, 8)  # connections, producer, caches
+        closed = phase(
+            f"PUT /SendEvent, {args.connections} conns", event_requests, args.connections
+        )
+        fixed = phase(f"PUT /SendEvent at {FIXED_RATE:,}/s", event_requests, 64, rate=FIXED_RATE)
+        batches = phase(f"POST /PurchasedItems x{ORDERS_PER_REQUEST:,}", batch_requests, 4)
     finally:
         pool.shutdown()
         api.terminate()
         api.wait(timeout=30)
 
-    acknowledged_events = sum(r.ok for r in (warm_up, closed, fixed))
-    acknowledged_orders = batches.ok * ORDERS_PER_REQUEST
+    acknowledged_events = sum(p.load.ok for p in (warm_up, closed, fixed))
+    acknowledged_orders = batches.load.ok * ORDERS_PER_REQUEST
     held_events = stored(settings, settings.topic_user_events)
     held_orders = stored(settings, settings.topic_purchased_item)
-    AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers}).delete_topics(topics)
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    for deletion in admin.delete_topics(topics).values():
+        deletion.result()  # wait: the requests would be dropped if the script exited first
 
-    event_rate = closed.ok / closed.seconds
-    order_rate = batches.ok * ORDERS_PER_REQUEST / batches.seconds
-    rows = [
-        (
-            "baseline: raw producer, events",
-            f"{baseline_events:,.0f} records/s",
-            "",
-            f"{baseline_event_cpu:.1f} us CPU/record",
-        ),
-        (
-            "baseline: raw producer, orders",
-            f"{baseline_orders:,.0f} records/s",
-            "",
-            f"{baseline_order_cpu:.1f} us CPU/record",
-        ),
-        (
-            f"PUT /SendEvent, {args.connections} connections",
-            f"{event_rate:,.0f} req/s",
-            f"p50 {percentile(closed.latencies, 0.5):.1f} ms, "
-            f"p99 {percentile(closed.latencies, 0.99):.1f} ms",
-            f"target >= {TARGET_EVENTS_PER_SECOND:,}; {event_rate / baseline_events:.1%} of "
-            f"baseline; API CPU {closed_cpu:.0%} = {closed_cpu / event_rate * 1e6:.0f} us/request",
-        ),
-        (
-            f"PUT /SendEvent at {FIXED_RATE:,} req/s",
-            f"{fixed.ok / fixed.seconds:,.0f} req/s",
-            f"p50 {percentile(fixed.latencies, 0.5):.1f} ms, "
-            f"p99 {percentile(fixed.latencies, 0.99):.1f} ms",
-            f"target p99 <= {TARGET_P99_MS:g} ms; API CPU {fixed_cpu:.0%}",
-        ),
-        (
-            f"POST /PurchasedItems, {ORDERS_PER_REQUEST:,} per request",
+    order_rate = batches.rate * ORDERS_PER_REQUEST
+    print(
+        f"  baseline, raw producer: events {baseline_events:,.0f} records/s "
+        f"({baseline_event_cpu:.1f} us CPU each), orders {baseline_orders:,.0f} records/s "
+        f"({baseline_order_cpu:.1f} us CPU each)"
+    )
+    print(
+        closed.row(
+            f"{closed.rate:,.0f} req/s",
+            f"target >= {TARGET_EVENTS_PER_SECOND:,}; {closed.rate / baseline_events:.1%} of "
+            f"baseline; API {closed.api_cpu / closed.rate * 1e6:.0f} us CPU/request",
+        )
+    )
+    print(fixed.row(f"{fixed.rate:,.0f} req/s", f"target p99 <= {TARGET_P99_MS:g} ms"))
+    print(
+        batches.row(
             f"{order_rate:,.0f} orders/s",
-            f"p50 {percentile(batches.latencies, 0.5):.0f} ms per request",
             f"target >= {TARGET_ORDERS_PER_SECOND:,}; {order_rate / baseline_orders:.1%} of "
-            f"baseline; API CPU {batches_cpu:.0%} = {batches_cpu / order_rate * 1e6:.1f} us/order",
-        ),
-    ]
-    for name, rate, latency, note in rows:
-        print(f"  {name:<40} {rate:>18}  {latency:<28} {note}")
+            f"baseline; API {batches.api_cpu / order_rate * 1e6:.1f} us CPU/order",
+        )
+    )
     other = {
         status: n
-        for r in (closed, fixed, batches)
-        for status, n in r.statuses.items()
+        for p in (warm_up, closed, fixed, batches)
+        for status, n in p.load.statuses.items()
         if not 200 <= status < 300
     }
     print(f"  non-2xx answers: {other or 'none'}")
-    busiest = max(r.cpu_seconds / r.seconds for r in (closed, fixed, batches))
-    print(f"  load generator: at most {busiest:.0%} of a core (it is not the bottleneck below 100%)")
     consistent = held_events == acknowledged_events and held_orders == acknowledged_orders
     print(
         f"  Kafka holds {held_events:,} events and {held_orders:,} orders; the API acknowledged "

@@ -1,20 +1,21 @@
 """Benchmark: the purchases stream (`app.lake.stream`) on `local[2]` against the lab's Kafka and S3.
 
-1. Throughput. A backlog of orders (500,000 by default) is produced into a topic of the
-   benchmark's own; then the lab's stream (both file-sink queries, trigger availableNow, the
-   settings' maxOffsetsPerTrigger) drains it. orders/s = orders / wall time from start to both
-   queries done (the JVM start is reported apart). Baseline, same run, same backlog: Spark
-   copying the messages raw (value bytes + lineage to Parquet, one query, no parsing, no
-   validation), i.e. what Kafka -> Spark -> S3 costs before the lab adds anything.
-2. Freshness at the default trigger (`SPARK_TRIGGER_INTERVAL`, 30 seconds): orders are POSTed
-   to the ingest API (`app.api`, run in-process with its real Kafka producer) every second while
-   the stream runs; for each order, the time from the start of its POST to the moment its file is
-   in the sink's commit log, i.e. readable by Spark or by `committed_files` + pyarrow. The poll
-   runs every 0.5 s. Baseline: what the trigger alone implies, about half the interval plus the
-   micro-batch duration.
-3. S3 requests per micro-batch, from the s3a client's own counters (IOStatistics): the local S3
-   server does not report per-request metrics, and every request of the stream goes through
-   that one client (local mode, one JVM).
+1. Throughput (in this process). A backlog of orders (500,000 by default) is produced into a
+   topic of the benchmark's own; then the lab's stream (both file-sink queries, trigger
+   availableNow, the settings' maxOffsetsPerTrigger) drains it. orders/s = orders / wall time
+   from start to both queries done (the JVM start is reported apart). Baseline, same run, same
+   backlog, same JVM: Spark copying the messages raw (value bytes + lineage to Parquet, one
+   query, no parsing, no validation), i.e. what Kafka -> Spark -> S3 costs before the lab adds
+   anything. The lab stream runs first, so it also pays the JVM's warm-up.
+2. Freshness at the default trigger (`SPARK_TRIGGER_INTERVAL`, 30 seconds), on the Procfile's
+   job (`spark/stream_purchases.py`, its own process): orders are POSTed to the ingest API
+   (`app.api`, in this process with its real Kafka producer) every second; for each order, the
+   time from the start of its POST to the moment its file is in the sink's commit log, i.e.
+   readable by Spark or by `committed_files` + pyarrow (polled every 0.5 s). Baseline: what the
+   trigger alone implies, about half the interval plus the micro-batch duration.
+3. S3 requests per micro-batch, during 2. The local S3 server does not report requests and the
+   s3a client's own counters miss the commit log's client (Spark opens it through FileContext),
+   so the job's S3 traffic goes through a counting proxy in this process.
 
     .venv/bin/python bench/bench_stream.py [--orders N] [--freshness-seconds S] [--rate R]
 
@@ -24,15 +25,25 @@ Topics, S3 prefixes and checkpoints are the benchmark's own and are deleted at t
 from __future__ import annotations
 
 import argparse
+import http.client
+import os
 import random
+import re
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import pyarrow.parquet as pq
 from confluent_kafka import Producer
@@ -47,23 +58,10 @@ from app.core.kafka import admin_client, ensure_topics
 from app.lake.schema import PARTITION_COLUMN
 from app.lake.spark import build_spark_session
 from app.lake.storage import ensure_bucket, s3_filesystem
-from app.lake.stream import committed_files, kafka_messages, start_queries, stop_queries
+from app.lake.stream import committed_files, kafka_messages, sinks, start_queries
 from app.schemas import PaymentType, Purchase, PurchasedProduct, order_total
 
 MASTER = "local[2]"
-# The s3a counters that are one HTTP request each.
-REQUEST_COUNTERS = {
-    "object_list_request": "LIST",
-    "object_metadata_request": "HEAD",
-    "object_put_request": "PUT",
-    "object_copy_requests": "COPY",
-    "object_delete_request": "DELETE",
-    "object_bulk_delete_request": "bulk DELETE",
-    "action_http_get_request": "GET",
-    "multipart_upload_started": "multipart start",
-    "multipart_upload_part_put": "multipart part",
-    "multipart_upload_completed": "multipart complete",
-}
 
 
 def bench_settings(base: Settings, name: str) -> Settings:
@@ -130,24 +128,6 @@ def produce_backlog(settings: Settings, orders: int) -> float:
     return time.perf_counter() - started
 
 
-def s3a_counters(spark: SparkSession, settings: Settings) -> dict[str, int]:
-    jvm = spark._jvm
-    path = jvm.org.apache.hadoop.fs.Path(f"s3a://{settings.s3_bucket}/")
-    counters = path.getFileSystem(spark._jsc.hadoopConfiguration()).getIOStatistics().counters()
-    return {name: int(counters.get(name) or 0) for name in REQUEST_COUNTERS}
-
-
-def requests_line(before: dict[str, int], after: dict[str, int], batches: int) -> str:
-    delta = {name: after[name] - before[name] for name in REQUEST_COUNTERS}
-    total = sum(delta.values())
-    parts = ", ".join(
-        f"{REQUEST_COUNTERS[name]} {count / batches:.1f}"
-        for name, count in sorted(delta.items(), key=lambda item: -item[1])
-        if count
-    )
-    return f"{total / batches:.1f} S3 requests per micro-batch ({parts})"
-
-
 def batches_of(queries: list[object]) -> int:
     return sum(len(query.recentProgress) for query in queries)  # type: ignore[attr-defined]
 
@@ -198,30 +178,94 @@ def throughput(spark: SparkSession, base: Settings, orders: int) -> None:
         f"{settings.spark_max_offsets_per_trigger:,}"
     )
     try:
-        before = s3a_counters(spark, settings)
         took, batches = lab_stream(spark, settings)
-        after = s3a_counters(spark, settings)
         landed = spark.read.parquet(settings.purchases_url).count()
         print(
-            f"lab stream (parse + validate, 2 queries):  {orders / took:8,.0f} orders/s "
+            f"lab stream (parse + validate, 2 queries): {orders / took:8,.0f} orders/s "
             f"({took:.1f} s, {batches} micro-batches, {landed:,} rows landed)"
         )
-        print(f"  {requests_line(before, after, batches)}")
-        before = s3a_counters(spark, settings)
         took, batches = raw_copy(spark, settings)
-        after = s3a_counters(spark, settings)
         print(
-            f"baseline raw copy (1 query, no parsing):   {orders / took:8,.0f} orders/s "
+            f"baseline raw copy (1 query, no parsing):  {orders / took:8,.0f} orders/s "
             f"({took:.1f} s, {batches} micro-batches)"
         )
-        print(f"  {requests_line(before, after, batches)}")
         if landed != orders:
             raise SystemExit(f"expected {orders} rows in the lake, found {landed}")
     finally:
         clean_up(settings)
 
 
-def freshness(spark: SparkSession, base: Settings, seconds: float, rate: int) -> None:
+class CountingProxy(ThreadingHTTPServer):
+    """A pass-through HTTP proxy in front of the S3 endpoint that counts requests by kind."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        target = urlparse(upstream)
+        self.upstream = (target.hostname or "127.0.0.1", target.port or 80)
+        self.counts: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def snapshot(self) -> Counter[str]:
+        with self.lock:
+            return Counter(self.counts)
+
+
+def request_kind(method: str, path: str, headers: Message) -> str:
+    query = parse_qs(urlparse(path).query, keep_blank_values=True)
+    if method == "GET":
+        return "LIST" if "list-type" in query or urlparse(path).path.count("/") < 2 else "GET"
+    if method == "PUT":
+        if headers.get("x-amz-copy-source"):
+            return "COPY"
+        return "multipart part" if "partNumber" in query else "PUT"
+    if method == "POST":
+        return "bulk DELETE" if "delete" in query else "multipart start/complete"
+    return method
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, and `Expect: 100-continue` answered here
+    server: CountingProxy
+    upstreams = threading.local()
+
+    def _forward(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        with self.server.lock:
+            self.server.counts[request_kind(self.command, self.path, self.headers)] += 1
+        if not hasattr(self.upstreams, "connection"):
+            self.upstreams.connection = http.client.HTTPConnection(*self.server.upstream)
+        upstream = self.upstreams.connection
+        # Host is forwarded unchanged: it is part of the request's SigV4 signature.
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "expect"}
+        upstream.request(self.command, self.path, body=body, headers=headers)
+        answer = upstream.getresponse()
+        data = answer.read()
+        self.send_response_only(answer.status, answer.reason)
+        for key, value in answer.getheaders():
+            if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(key, value)
+        content_length = answer.getheader("Content-Length")
+        self.send_header(
+            "Content-Length", content_length if self.command == "HEAD" else str(len(data))
+        )
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: one line per request would drown the figures."""
+
+
+def freshness(base: Settings, seconds: float, rate: int, log: Path) -> None:
     from fastapi.testclient import TestClient
 
     from app.api.main import create_app
@@ -242,20 +286,21 @@ def freshness(spark: SparkSession, base: Settings, seconds: float, rate: int) ->
                 for order_id in ids.to_pylist():
                     visible.setdefault(order_id, now)
 
+    proxy = CountingProxy(settings.s3_endpoint_url)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    job = start_job(settings, proxy.url, log)
     orders = fake_orders(int(seconds * rate), seed=2, start=datetime.now(UTC))
-    queries = start_queries(spark, settings)
     try:
-        before = s3a_counters(spark, settings)
+        wait_for_line(job, log, "streaming ")
+        before, committed_before = proxy.snapshot(), committed_batches(settings)
         with TestClient(create_app(settings)) as api:
             started = time.time()
-            second = 0
-            while second < seconds:
+            for second in range(1, int(seconds) + 1):
                 batch = [next(orders) for _ in range(rate)]
                 sent = time.time()
                 answer = api.post("/PurchasedItems", json=[order.to_wire() for order in batch])
                 answer.raise_for_status()
                 posted.update(dict.fromkeys((order.order_id for order in batch), sent))
-                second += 1
                 while time.time() < started + second:
                     poll()
                     time.sleep(0.5)
@@ -263,22 +308,20 @@ def freshness(spark: SparkSession, base: Settings, seconds: float, rate: int) ->
         while len(visible.keys() & posted.keys()) < len(posted) and time.time() < deadline:
             poll()
             time.sleep(0.5)
-        after = s3a_counters(spark, settings)
-        batches = batches_of(queries)
-        durations = [
-            progress["durationMs"]["triggerExecution"] / 1000
-            for query in queries
-            for progress in query.recentProgress
-            if progress["numInputRows"]
-        ]
+        requests = proxy.snapshot() - before
+        batches = committed_batches(settings) - committed_before
     finally:
-        stop_queries(queries)
+        job.send_signal(signal.SIGTERM)
+        job.wait(timeout=60)
+        proxy.shutdown()
         clean_up(settings)
-    delays = sorted(
-        visible[order_id] - posted[order_id] for order_id in posted if order_id in visible
-    )
+    delays = sorted(visible[key] - posted[key] for key in posted if key in visible)
     missing = len(posted) - len(delays)
     interval = _interval_seconds(settings)
+    durations = [
+        float(match[1])
+        for match in re.finditer(r"not valid orders\) in ([\d.]+) s", log.read_text())
+    ]
     batch_time = statistics.median(durations) if durations else 0.0
     print(
         f"freshness at trigger {settings.spark_trigger_interval!r}: {len(posted):,} orders POSTed "
@@ -289,10 +332,49 @@ def freshness(spark: SparkSession, base: Settings, seconds: float, rate: int) ->
     )
     print(
         f"  baseline (trigger alone): ~{interval / 2:.0f} s wait + {batch_time:.1f} s median "
-        f"micro-batch = ~{interval / 2 + batch_time:.1f} s p50, ~{interval * 0.95 + batch_time:.1f}"
-        " s p95"
+        f"micro-batch = ~{interval / 2 + batch_time:.1f} s p50, "
+        f"~{interval * 0.95 + batch_time:.1f} s p95"
     )
-    print(f"  steady state: {requests_line(before, after, max(batches, 1))}")
+    per_batch = ", ".join(f"{kind} {count / batches:.1f}" for kind, count in requests.most_common())
+    print(
+        f"  S3 requests: {sum(requests.values()) / batches:.1f} per micro-batch ({per_batch}); "
+        f"{batches} micro-batches of the 2 queries"
+    )
+
+
+def start_job(settings: Settings, s3_endpoint: str, log: Path) -> subprocess.Popen[bytes]:
+    """The Procfile's job on the benchmark's topic and prefixes, S3 traffic via `s3_endpoint`."""
+    env = {
+        **os.environ,
+        "TOPIC_PURCHASED_ITEM": settings.topic_purchased_item,
+        "S3_PURCHASES_PREFIX": settings.s3_purchases_prefix,
+        "S3_QUARANTINE_PREFIX": settings.s3_quarantine_prefix,
+        "SPARK_CHECKPOINT_DIR": settings.checkpoint_dir,
+        "S3_ENDPOINT_URL": s3_endpoint,
+    }
+    script = Path(__file__).resolve().parents[1] / "spark" / "stream_purchases.py"
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, str(script), "--master", MASTER],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_for_line(job: subprocess.Popen[bytes], log: Path, text: str) -> None:
+    deadline = time.time() + 180
+    while text not in log.read_text(errors="replace"):
+        if job.poll() is not None or time.time() > deadline:
+            raise SystemExit(f"the stream job did not start; its log: {log}")
+        time.sleep(0.5)
+
+
+def committed_batches(settings: Settings) -> int:
+    return sum(
+        len([p for p in (Path(sink.checkpoint) / "commits").glob("*") if p.name.isdigit()])
+        for sink in sinks(settings)
+    )
 
 
 def _interval_seconds(settings: Settings) -> float:
@@ -329,9 +411,11 @@ def main() -> None:
     print(f"Spark {spark.version} on {MASTER}: session (JVM + jars) up in {took:.1f} s")
     try:
         throughput(spark, base, args.orders)
-        freshness(spark, base, args.freshness_seconds, args.rate)
     finally:
         spark.stop()
+    log = base.lab_home / "bench" / "bench_stream_job.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    freshness(base, args.freshness_seconds, args.rate, log)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
-"""The four analyses of the purchases lake, as Spark DataFrame functions.
+"""The four analyses of the purchases lake, and notebook 2's SQL over their PostgreSQL table.
 
-Each function takes the lake's rows (`app.lake.schema.PURCHASE_ROW`, read with a plain
-`spark.read.parquet(<top folder>)`) after `dedupe_orders`, and returns a small DataFrame the
-notebook shows. Definitions, stated once here and above each answer in the notebook:
+The lake's rows (`app.lake.schema.PURCHASE_ROW`) are read with a plain `spark.read.parquet(<top
+folder>)` and passed through `dedupe_orders` first. The small answers come back as pandas frames,
+ready to show; the repeat purchases stay a Spark DataFrame until `repeat_rows` streams them to
+PostgreSQL. Definitions, stated here once and above each answer in the notebook:
 
-- an order is counted once, however many times it was delivered (same `OrderId`);
+- an order counts once, however many times it was delivered (same `OrderId`);
 - a product line's revenue is `ItemCount * ItemPrice * (1 - ItemDiscount)`;
 - "the last hour" is `TimeStamp` in (now - 1 hour, now], with "now" given, not read from a clock;
 - a repeat purchase is a (customer, product) pair found in more than one *distinct* order:
@@ -17,27 +18,52 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pandas as pd
 from psycopg2 import sql
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from app.analysis.repeat_store import RepeatRow
 from app.core.config import Settings
 
 LAST_HOUR = timedelta(hours=1)
 TOP = 10
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def read_purchases(spark: Any, url: str) -> DataFrame:
-    """The lake's purchase rows under `url` (the top folder; partitions are discovered)."""
+def parse_now(value: str) -> datetime:
+    """The analysis's "now": an ISO 8601 time with a zone; the current time if `value` is ""."""
+    if not value:
+        return datetime.now(UTC)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"now={value!r} is not an ISO 8601 time; write e.g. 2026-11-27T10:15:00Z"
+        ) from None
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise ValueError(f"now={value!r} has no time zone; add Z or an offset such as +03:00")
+    return parsed.astimezone(UTC)
+
+
+def tune_for_analysis(spark: SparkSession) -> None:
+    """Runtime SQL settings for one-shot analyses of a small lake on a two-core machine."""
+    # Let adaptive execution merge the few shuffle partitions further when they are small.
+    spark.conf.set("spark.sql.adaptive.enabled", "true")
+    # Spark's "window group limit" pre-sorts every input partition before the shuffle to cut
+    # groups early; de-duplication groups are nearly all of one row, so that sort is pure cost.
+    spark.conf.set("spark.sql.optimizer.windowGroupLimitThreshold", "-1")
+
+
+def read_purchases(spark: SparkSession, url: str) -> DataFrame:
+    """The purchase rows under `url`, the lake's top folder (partitions are discovered)."""
     return spark.read.parquet(url)
 
 
 def dedupe_orders(purchases: DataFrame) -> DataFrame:
     """One row per `OrderId`: the copy Kafka delivered first.
 
-    The stream is at-least-once and a client may resend a batch, so the same order can land in the
-    lake more than once; counting it twice would inflate every answer below.
+    Delivery is at-least-once and a client may resend a batch, so one order can land in the lake
+    more than once; counting it twice would inflate every answer.
     """
     first_delivery = Window.partitionBy("OrderId").orderBy(
         "kafka_timestamp", "kafka_partition", "kafka_offset"
@@ -49,61 +75,68 @@ def dedupe_orders(purchases: DataFrame) -> DataFrame:
     )
 
 
-def _product_lines(orders: DataFrame) -> DataFrame:
-    """One row per product line: the order's keys next to the line's fields."""
-    return orders.select(
-        "OrderId", "UserId", "TimeStamp", F.explode("Products").alias("line")
-    ).select("OrderId", "UserId", "TimeStamp", "line.*")
+def delivery_summary(purchases: DataFrame) -> tuple[int, int]:
+    """How many rows the lake holds and how many distinct orders they are."""
+    ((rows, orders),) = purchases.agg(F.count("*"), F.count_distinct("OrderId")).collect()
+    return int(rows), int(orders)
 
 
-def best_selling_products(orders: DataFrame, limit: int = TOP) -> DataFrame:
-    """Products by units sold (sum of `ItemCount`), with revenue; ties by `product_id`."""
-    return (
-        _product_lines(orders)
-        .groupBy(F.col("ProductId").alias("product_id"))
-        .agg(
-            F.sum("ItemCount").alias("units_sold"),
-            F.sum(F.col("ItemCount") * F.col("ItemPrice") * (1 - F.col("ItemDiscount"))).alias(
-                "revenue"
-            ),
-        )
+def _collect(frame: DataFrame) -> pd.DataFrame:
+    # Through Arrow, times arrive as UTC-aware values whatever the Python process's zone.
+    result: pd.DataFrame = frame.toArrow().to_pandas()
+    return result
+
+
+def best_selling_products(orders: DataFrame, limit: int = TOP) -> pd.DataFrame:
+    """The `limit` products with most units sold (sum of `ItemCount`), with their revenue.
+
+    Columns `product_id`, `units_sold`, `revenue`; ties on units by `product_id`.
+    """
+    lines = orders.select(F.explode("Products").alias("line")).select("line.*")
+    revenue = F.col("ItemCount") * F.col("ItemPrice") * (1 - F.col("ItemDiscount"))
+    return _collect(
+        lines.groupBy(F.col("ProductId").alias("product_id"))
+        .agg(F.sum("ItemCount").alias("units_sold"), F.sum(revenue).alias("revenue"))
         .orderBy(F.desc("units_sold"), "product_id")
         .limit(limit)
     )
 
 
-def payment_type_preference(orders: DataFrame) -> DataFrame:
-    """Orders per `PaymentType` and each type's share of all orders, most used first."""
-    return (
+def payment_type_preference(orders: DataFrame) -> pd.DataFrame:
+    """Orders per payment type and each type's share of all orders, most used first.
+
+    Columns `payment_type`, `orders`, `share` (0..1); ties on orders by `payment_type`.
+    """
+    counts = _collect(
         orders.groupBy(F.col("PaymentType").alias("payment_type"))
         .agg(F.count("*").alias("orders"))
-        .withColumn("share", F.col("orders") / F.sum("orders").over(Window.partitionBy()))
         .orderBy(F.desc("orders"), "payment_type")
     )
+    counts["share"] = counts["orders"] / counts["orders"].sum()
+    return counts
 
 
-def preferred_payment_types(preference: Any) -> list[str]:
-    """The most preferred payment type(s) of a collected `payment_type_preference`; all on a tie."""
-    if len(preference) == 0:
+def preferred_payment_types(preference: pd.DataFrame) -> list[str]:
+    """The most preferred payment type of a `payment_type_preference` answer; all on a tie."""
+    if preference.empty:
         return []
     most = preference["orders"].max()
     return list(preference.loc[preference["orders"] == most, "payment_type"])
 
 
-def top_customers_last_hour(orders: DataFrame, now: datetime, limit: int = TOP) -> DataFrame:
-    """Customers by their highest-value order with `TimeStamp` in (now - 1 hour, now].
+def top_customers_last_hour(orders: DataFrame, now: datetime, limit: int = TOP) -> pd.DataFrame:
+    """The `limit` customers with the highest-value order placed in (now - 1 hour, now].
 
-    One row per customer: that order's `OrderId`, `TotalPrice` and time, and how many orders the
-    customer placed in the hour. Ties on the value are broken by `user_id`; among one customer's
-    orders of equal value the latest is shown.
+    One row per customer: `user_id`, that order's `order_id`, `order_total` (its `TotalPrice`)
+    and `ordered_at`, and `orders_in_hour`. Ties on the value by `user_id`; of one customer's
+    orders of equal value, the latest is shown.
     """
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must carry a time zone, e.g. datetime.now(UTC)")
+    in_hour = (F.col("TimeStamp") > F.lit(now - LAST_HOUR)) & (F.col("TimeStamp") <= F.lit(now))
     best = F.max(F.struct("TotalPrice", "TimeStamp", "OrderId"))
-    return (
-        orders.where(
-            (F.col("TimeStamp") > F.lit(now - LAST_HOUR)) & (F.col("TimeStamp") <= F.lit(now))
-        )
+    return _collect(
+        orders.where(in_hour)
         .groupBy(F.col("UserId").alias("user_id"))
         .agg(best.alias("best"), F.count("*").alias("orders_in_hour"))
         .select(
@@ -118,15 +151,22 @@ def top_customers_last_hour(orders: DataFrame, now: datetime, limit: int = TOP) 
     )
 
 
+def latest_order_at(orders: DataFrame) -> datetime | None:
+    """When the newest order in the lake was placed (None if the lake is empty), UTC."""
+    frame = _collect(orders.agg(F.max("TimeStamp").alias("latest")))
+    latest = frame["latest"].iloc[0]
+    return None if pd.isna(latest) else latest.to_pydatetime()
+
+
 def repeat_purchases(orders: DataFrame) -> DataFrame:
-    """(customer, product) pairs bought in more than one distinct order.
+    """(customer, product) pairs bought in more than one distinct order, one row per pair.
 
     Columns are the `repeat_purchases` table's: `user_id`, `product_id`, `order_count` (distinct
     orders with the product), `total_quantity` (units over those orders), `first_purchase_at`,
     `last_purchase_at`.
     """
-    # A product may fill several lines of one order. Only its first line in the order counts the
-    # order, so one aggregation counts distinct orders without grouping by order first.
+    # A product may fill several lines of one order. Only its first line there counts the order,
+    # so one aggregation counts distinct orders without grouping by order first.
     lines = orders.select(
         "UserId",
         "TimeStamp",
@@ -137,9 +177,7 @@ def repeat_purchases(orders: DataFrame) -> DataFrame:
         F.array_position("product_ids", F.col("line.ProductId")) == F.col("position") + 1
     )
     return (
-        lines.groupBy(
-            F.col("UserId").alias("user_id"), F.col("line.ProductId").alias("product_id")
-        )
+        lines.groupBy(F.col("UserId").alias("user_id"), F.col("line.ProductId").alias("product_id"))
         .agg(
             F.count_if(first_line_of_product).alias("order_count"),
             F.sum("line.ItemCount").alias("total_quantity"),
@@ -150,45 +188,49 @@ def repeat_purchases(orders: DataFrame) -> DataFrame:
     )
 
 
-def repeat_rows(repeats: DataFrame) -> Iterator[tuple[str, str, int, int, datetime, datetime]]:
-    """The rows of `repeat_purchases(...)` as Python tuples with UTC-aware times.
+def repeat_rows(repeats: DataFrame) -> Iterator[RepeatRow]:
+    """The rows of a `repeat_purchases` answer as tuples for `replace_repeat_purchases`.
 
-    Times travel as epoch microseconds: collecting Spark timestamps as `datetime` would render
-    them in the Python process's local zone, without one.
+    Collected through Arrow in one go, so times arrive as UTC-aware values.
     """
-    micros = repeats.select(
-        "user_id",
-        "product_id",
-        "order_count",
-        "total_quantity",
-        F.unix_micros("first_purchase_at").alias("first_us"),
-        F.unix_micros("last_purchase_at").alias("last_us"),
-    )
-    for row in micros.toLocalIterator():
-        yield (
-            row.user_id,
-            row.product_id,
-            int(row.order_count),
-            int(row.total_quantity),
-            _EPOCH + timedelta(microseconds=row.first_us),
-            _EPOCH + timedelta(microseconds=row.last_us),
+    table = repeats.toArrow()
+    columns = [
+        table.column(name).to_pylist()
+        for name in (
+            "user_id",
+            "product_id",
+            "order_count",
+            "total_quantity",
+            "first_purchase_at",
+            "last_purchase_at",
         )
+    ]
+    yield from zip(*columns, strict=True)
 
 
 def top_repurchased_products_query(settings: Settings, limit: int = TOP) -> sql.Composed:
     """Notebook 2's SQL over `repeat_purchases`: the most re-purchased products.
 
-    Ranked by how many customers re-purchased the product, then by their orders of it, then by
-    `product_id` in byte order (`COLLATE "C"`, the order Spark and Python use, whatever the
-    database's locale).
+    Ranked by how many customers re-purchased the product, then by those customers' orders of it,
+    then by `product_id` in byte order (`COLLATE "C"`: the order Spark and Python use, whatever
+    the database's locale).
     """
     return sql.SQL(
         """SELECT product_id,
-       count(*)            AS repeat_customers,
-       sum(order_count)    AS repeat_orders,
-       sum(total_quantity) AS units
+       count(*)                    AS repeat_customers,
+       sum(order_count)::bigint    AS repeat_orders,
+       sum(total_quantity)::bigint AS units
 FROM {table}
 GROUP BY product_id
 ORDER BY repeat_customers DESC, repeat_orders DESC, product_id COLLATE "C"
 LIMIT {limit}"""
     ).format(table=sql.Identifier(settings.repeat_purchases_table), limit=sql.Literal(limit))
+
+
+def top_repurchased_products(conn: Any, settings: Settings, limit: int = TOP) -> pd.DataFrame:
+    """Run `top_repurchased_products_query`: `product_id`, `repeat_customers`, `repeat_orders`,
+    `units`."""
+    with conn.cursor() as cur:
+        cur.execute(top_repurchased_products_query(settings, limit))
+        names = [column.name for column in cur.description]
+        return pd.DataFrame(cur.fetchall(), columns=names)

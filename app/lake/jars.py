@@ -30,8 +30,10 @@ from app.infra.process import InfraError, run
 
 POM = ROOT / "spark" / "jars" / "pom.xml"
 CONNECTORS = ("kafka", "s3a")
-# A jar file name is `<artifactId>-<version>[-<classifier>].jar`; versions start with a digit.
-_JAR_NAME = re.compile(r"^(?P<artifact>.+?)-(?P<version>\d[^-]*)(?:-[^-]+)?\.jar$")
+# A jar file name is `<artifactId>-<version>[-<classifier>].jar`. The version is the last
+# `-<digits>.<digits>...`, since artifact ids hold digits too (`spark-sql-kafka-0-10_2.13`,
+# `log4j-1.2-api`); checked against the pom.properties of every jar in the wheel.
+_JAR_NAME = re.compile(r"^(?P<artifact>.+)-(?P<version>\d+\.\d+[^-]*)(?:-[^.]*)?\.jar$")
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,8 @@ class WheelRuntime:
     jars_dir: Path
 
     def shipped_artifacts(self) -> list[str]:
-        return sorted({_artifact(jar.name) for jar in self.jars_dir.glob("*.jar")} - {""})
+        names = [jar_coordinates(jar.name) for jar in self.jars_dir.glob("*.jar")]
+        return sorted({name[0] for name in names if name})
 
 
 @dataclass(frozen=True)
@@ -69,16 +72,17 @@ class ConnectorJars:
         return lines
 
 
-def _artifact(file_name: str) -> str:
+def jar_coordinates(file_name: str) -> tuple[str, str] | None:
+    """(artifact id, version) of a Maven jar file name, None if it does not look like one."""
     match = _JAR_NAME.match(file_name)
-    return match["artifact"] if match else ""
+    return (match["artifact"], match["version"]) if match else None
 
 
 def _version_of(jars_dir: Path, artifact: str) -> str:
     for jar in jars_dir.glob(f"{artifact}-*.jar"):
-        match = _JAR_NAME.match(jar.name)
-        if match and match["artifact"] == artifact:
-            return match["version"]
+        coordinates = jar_coordinates(jar.name)
+        if coordinates and coordinates[0] == artifact:
+            return coordinates[1]
     raise InfraError(
         f"The pyspark installation has no {artifact} jar in {jars_dir}, so the connector "
         "versions cannot be chosen. Reinstall pyspark from pip "
@@ -167,8 +171,8 @@ def _maven_classpath(connector: str, runtime: WheelRuntime, output: Path) -> lis
 
 def _check_versions(jars: dict[str, list[Path]], runtime: WheelRuntime) -> None:
     """hadoop-aws must be built for the Hadoop inside the wheel, or s3a fails at run time."""
-    found = {_JAR_NAME.match(jar.name) for jar in jars["s3a"]}
-    aws = [m["version"] for m in found if m and m["artifact"] == "hadoop-aws"]
+    s3a = [jar_coordinates(jar.name) for jar in jars["s3a"]]
+    aws = [found[1] for found in s3a if found and found[0] == "hadoop-aws"]
     if aws != [runtime.hadoop_version]:
         raise InfraError(
             f"hadoop-aws {aws or 'missing'} does not match Hadoop {runtime.hadoop_version} inside "

@@ -7,9 +7,9 @@ applying a batch twice, or two overlapping batches after a crash and re-read, ad
 once. Batches are applied in offset order per partition (their `_id` sorts that way), and every
 batch lists *all* of a pair's events in its offset range, so no event below a mark is missed.
 
-Every write sets one pair's absolute count and marks together, in one single-document update:
-a refresh interrupted anywhere leaves each pair either before or after the batches, and the next
-refresh applies them again from the pending batches, which are dropped only after that.
+Every write sets one pair's absolute count and marks together, in one single-document insert or
+update: a refresh interrupted anywhere leaves each pair either before or after the batches, and
+the next refresh applies them again from the pending batches, which are dropped only after that.
 
 The refresh never reads the events collection and touches counts documents only by `_id`, so its
 cost follows the pending batches and the pairs they touch, not the history. That matters on
@@ -111,8 +111,12 @@ def _chunks(store: EventStore, max_pairs: int) -> Iterator[list[Document]]:
         yield chunk
 
 
-def _write(store: EventStore, documents: list[Document]) -> None:
-    """Set each pair's count and marks, one atomic single-document upsert per pair."""
+def _write(store: EventStore, documents: list[Document], existing: set[str]) -> None:
+    """Store each pair's count and marks: new pairs in one `insert_many`, the others with one
+    atomic single-document update each."""
+    new = [document for document in documents if document["_id"] not in existing]
+    if new:
+        store.counts.insert_many(new, ordered=False)
     updates = [
         UpdateOne(
             {"_id": document["_id"]},
@@ -120,6 +124,7 @@ def _write(store: EventStore, documents: list[Document]) -> None:
             upsert=True,
         )
         for document in documents
+        if document["_id"] in existing
     ]
     for start in range(0, len(updates), UPDATES_PER_COMMAND):
         store.counts.bulk_write(updates[start : start + UPDATES_PER_COMMAND], ordered=False)
@@ -143,7 +148,7 @@ def refresh_event_counts(settings: Settings) -> CountsSummary:
             }
             existing = set(counts)
             counted, changed = apply_batches(counts, batches)
-            _write(store, [counts[key] for key in sorted(changed)])
+            _write(store, [counts[key] for key in sorted(changed)], existing)
             # Dropped once their pairs are written. Applying a batch again changes nothing, so a
             # crash before this costs a little repeated work, never a wrong count.
             for batch in batches:

@@ -15,6 +15,8 @@ import pytest
 from confluent_kafka import Message
 from fastapi.testclient import TestClient
 
+from app.api.ingest import RecordParser
+from app.api.main import create_app
 from app.api.routes import EVENT_EXAMPLE, PURCHASE_EXAMPLE
 from app.core.config import Settings
 
@@ -74,6 +76,8 @@ EVENT_CASES = [
         "TimeStamp",
         "datetime_from_date_parsing",
     ),
+    ("TimeStamp as Unix time", event(TimeStamp=1764238500), "TimeStamp", "value_error"),
+    ("TimeStamp as a string of digits", event(TimeStamp="0"), "TimeStamp", "value_error"),
     (
         "TimeStamp before year 1 in UTC",
         event(TimeStamp="0001-01-01T00:00:00+03:00"),
@@ -269,3 +273,18 @@ def test_unknown_paths_and_methods_answer_json(client: TestClient) -> None:
     missing = client.get("/nowhere")
     assert missing.status_code == 404
     assert missing.json() == {"detail": "Not Found"}
+
+
+def test_an_unexpected_failure_is_a_json_500_not_a_traceback(
+    api_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The safety net for bugs: a clear JSON answer (and a log line), never a bare traceback."""
+
+    def broken(_parser: RecordParser, _body: bytes) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(RecordParser, "event", broken)
+    with TestClient(create_app(api_settings), raise_server_exceptions=False) as broken_client:
+        response = broken_client.put("/SendEvent", json=event())
+    assert response.status_code == 500
+    assert "failed unexpectedly (RuntimeError); this is a bug" in response.json()["detail"]

@@ -66,6 +66,12 @@ POISON: dict[str, tuple[bytes | None, str]] = {
     "OrderId with a space": (_variant(OrderId="O 1"), "OrderId must match"),
     "UserId too long": (_variant(UserId="U" * 65), "UserId must have at most 64 character(s)"),
     "unknown field": (_variant(Coupon="FREE"), "unknown field(s): Coupon"),
+    "TimeStamp without a zone": (
+        _variant(TimeStamp="2026-11-27T10:15:00"),
+        "TimeStamp must be an ISO 8601 date-time with a zone",
+    ),
+    "TimeStamp as Unix time": (_variant(TimeStamp=1795823296), "TimeStamp must be an ISO 8601"),
+    "TimeStamp not a date": (_variant(TimeStamp="2026-02-30T10:15:00Z"), "TimeStamp must be"),
 }
 
 

@@ -1,0 +1,197 @@
+"""`task analyze`: run both analysis notebooks headless and keep the executed copies.
+
+    .venv/bin/python -m app.analysis.run [--now 2026-11-27T10:15:00Z] [--output reports]
+
+First checks that PostgreSQL answers and that the lake holds purchases, and says plainly what to do
+if not. Then runs `notebooks/01_purchases_analysis.ipynb` (the four answers; writes the repeat
+purchases to PostgreSQL) and `notebooks/02_repeat_purchases_sql.ipynb` (SQL over that table) with
+papermill, passing the lake's path and "now" as parameters. Connection settings reach the notebooks
+through the environment, never as parameters. Each executed notebook and an HTML copy land in
+`<output>/<run time>/`; the exit status is 1 if a check or any cell fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+
+from app.analysis.purchases import parse_now
+from app.analysis.repeat_store import connect
+from app.core.config import ROOT, Settings, get_settings
+from app.lake.storage import s3_filesystem
+
+NOTEBOOKS = ROOT / "notebooks"
+PURCHASES_NOTEBOOK = NOTEBOOKS / "01_purchases_analysis.ipynb"
+REPEAT_SQL_NOTEBOOK = NOTEBOOKS / "02_repeat_purchases_sql.ipynb"
+
+
+class AnalysisError(Exception):
+    """A reason the analysis cannot run or did not finish, worded for the person who ran it."""
+
+
+@dataclass(frozen=True)
+class Report:
+    notebook: Path
+    html: Path
+
+
+def check_postgres(settings: Settings) -> None:
+    """Raise AnalysisError unless the analytics database accepts a connection."""
+    try:
+        connect(settings).close()
+    except psycopg2.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AnalysisError(
+            f"Cannot connect to PostgreSQL at {settings.postgres_host}:{settings.postgres_port} "
+            f"(database {settings.postgres_database}, user {settings.postgres_user}): {reason}. "
+            "Run `task infra-up` if it is not running, or check the POSTGRES_* settings."
+        ) from None
+
+
+def lake_files(settings: Settings) -> list[str]:
+    """The Parquet files under the lake's purchases folder; AnalysisError if S3 does not answer."""
+    root = f"{settings.s3_bucket}/{settings.s3_purchases_prefix}"
+    try:
+        fs = s3_filesystem(settings)
+        # Listing the bucket raises on no answer; `exists` would just say False.
+        fs.ls(settings.s3_bucket)
+        return [path for path in fs.find(root) if path.endswith(".parquet")]
+    except FileNotFoundError:
+        raise AnalysisError(
+            f"The S3 bucket {settings.s3_bucket!r} does not exist at {settings.s3_endpoint_url}. "
+            "Run `task infra-up` (it creates the bucket)."
+        ) from None
+    except PermissionError as exc:
+        raise AnalysisError(
+            f"S3 at {settings.s3_endpoint_url} refused the lab's credentials ({exc}). "
+            "Check S3_ACCESS_KEY and S3_SECRET_KEY."
+        ) from None
+    except Exception as exc:  # botocore and aiohttp raise many types for "no answer"
+        raise AnalysisError(
+            f"S3 is not reachable at {settings.s3_endpoint_url} ({type(exc).__name__}: {exc}). "
+            "Run `task infra-up`, or check S3_ENDPOINT_URL."
+        ) from None
+
+
+@contextmanager
+def stderr_to(log: Path) -> Iterator[None]:
+    """Point this process's stderr (file descriptor 2) at `log` for the block.
+
+    The kernel and Spark's JVM inherit it: their start-up warnings and shutdown noise go to the
+    log beside the reports instead of the person's terminal.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with log.open("ab") as file:
+            os.dup2(file.fileno(), 2)
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def execute(source: Path, target: Path, parameters: dict[str, Any]) -> Report:
+    """Run one notebook with papermill into `target`, then export HTML beside it.
+
+    The executed notebook and its HTML are written even when a cell fails (the error shows in
+    place); the failure is then raised as AnalysisError.
+    """
+    import papermill
+    from nbconvert import HTMLExporter
+    from papermill.exceptions import PapermillExecutionError
+
+    failure: str | None = None
+    try:
+        papermill.execute_notebook(
+            str(source),
+            str(target),
+            parameters=parameters,
+            kernel_name="python3",
+            cwd=str(ROOT),  # so the kernel imports the lab's `app` package
+            progress_bar=False,
+        )
+    except PapermillExecutionError as exc:
+        failure = f"{source.name} failed in cell [{exc.exec_count}]: {exc.ename}: {exc.evalue}"
+    except Exception as exc:  # the kernel died or did not start: nbclient raises several types
+        failure = f"{source.name} did not run: {type(exc).__name__}: {exc}"
+    html = target.with_suffix(".html")
+    if target.exists():
+        body, _ = HTMLExporter().from_filename(str(target))  # type: ignore[no-untyped-call]
+        html.write_text(body, encoding="utf-8")
+    if failure:
+        where = f" The executed notebook shows the error: {html}" if target.exists() else ""
+        raise AnalysisError(failure + "." + where)
+    return Report(target, html)
+
+
+def analyze(settings: Settings, now: datetime, output: Path) -> list[Report]:
+    """Check the services and the lake, then run both notebooks into a new folder of `output`."""
+    check_postgres(settings)
+    files = lake_files(settings)
+    if not files:
+        raise AnalysisError(
+            f"The lake has no purchases yet: no Parquet files under {settings.purchases_url}. "
+            "Start the lab (`task up`), let the generator send orders and the Spark stream land "
+            f"its first batch (every {settings.spark_trigger_interval}), then run "
+            "`task analyze` again."
+        )
+    print(f"lake: {len(files)} Parquet files under {settings.purchases_url}")
+    folder = output / datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
+    folder.mkdir(parents=True, exist_ok=True)
+    reports = []
+    runs: list[tuple[Path, dict[str, Any]]] = [
+        (PURCHASES_NOTEBOOK, {"purchases_url": settings.purchases_url, "now": now.isoformat()}),
+        (REPEAT_SQL_NOTEBOOK, {}),
+    ]
+    log = folder / "kernel.log"
+    for source, parameters in runs:
+        print(f"running {source.name} (kernel and Spark messages: {log}) ...", flush=True)
+        with stderr_to(log):
+            reports.append(execute(source, folder / source.name, parameters))
+    return reports
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="task analyze", description="Run the analysis notebooks headless into reports."
+    )
+    parser.add_argument(
+        "--now",
+        default="",
+        help="the analysis's 'now' for 'the last hour', ISO 8601 with a zone (default: current)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=ROOT / "reports",
+        help="folder for the executed notebooks and their HTML (default: reports/)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        now = parse_now(args.now)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        reports = analyze(get_settings(), now, args.output.resolve())
+    except AnalysisError as exc:
+        print(f"analyze: {exc}", file=sys.stderr)
+        return 1
+    print(f"analysis as of {now.isoformat()}; reports:")
+    for report in reports:
+        print(f"  {report.html}\n  {report.notebook}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
