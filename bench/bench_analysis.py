@@ -16,11 +16,12 @@ that both engines agree, and the repeat-purchases write to PostgreSQL with COPY 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,6 +32,7 @@ import pyarrow.parquet as pq
 # Run as a script from anywhere: the repository root holds the `app` package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.analysis.repeat_store import RepeatRow
 from app.core.config import Settings, get_settings
 from app.lake.schema import PARTITION_COLUMN, PURCHASE_ROW
 
@@ -132,22 +134,176 @@ def lake_folder(settings: Settings, orders: int, regenerate: bool) -> Path:
     return folder
 
 
-def timed(label: str, action: Callable[[], T]) -> tuple[T, float]:
+def duckdb_answers(folder: Path, now: datetime) -> dict[str, Any]:
+    """The four answers in DuckDB SQL, with the definitions of `app.analysis.purchases`."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET threads = 2")  # the same two cores Spark gets
+    con.execute("SET TimeZone = 'UTC'")
+    files = str(folder / "**" / "*.parquet")
+    con.execute(
+        """
+        CREATE TEMP TABLE orders AS
+        SELECT * FROM read_parquet(?, hive_partitioning = true)
+        QUALIFY row_number() OVER (
+            PARTITION BY OrderId ORDER BY kafka_timestamp, kafka_partition, kafka_offset) = 1
+        """,
+        [files],
+    )
+    con.execute(
+        """
+        CREATE TEMP VIEW lines AS
+        SELECT OrderId, UserId, TimeStamp, unnest(Products, recursive := true) FROM orders
+        """
+    )
+    best = con.execute(
+        """
+        SELECT ProductId AS product_id, sum(ItemCount) AS units_sold,
+               sum(ItemCount * ItemPrice * (1 - ItemDiscount)) AS revenue
+        FROM lines GROUP BY ALL ORDER BY units_sold DESC, product_id LIMIT 10
+        """
+    ).fetchall()
+    payment = con.execute(
+        """
+        SELECT PaymentType, count(*) AS orders, count(*) / sum(count(*)) OVER () AS share
+        FROM orders GROUP BY ALL ORDER BY orders DESC, PaymentType
+        """
+    ).fetchall()
+    top = con.execute(
+        """
+        SELECT UserId, arg_max(OrderId, (TotalPrice, TimeStamp)), max(TotalPrice) AS best
+        FROM orders WHERE TimeStamp > ?::TIMESTAMPTZ - INTERVAL 1 HOUR AND TimeStamp <= ?
+        GROUP BY ALL ORDER BY best DESC, UserId LIMIT 10
+        """,
+        [now, now],
+    ).fetchall()
+    repeats = con.execute(
+        """
+        SELECT UserId, ProductId, count(DISTINCT OrderId) AS order_count,
+               sum(ItemCount), min(TimeStamp), max(TimeStamp)
+        FROM lines GROUP BY ALL HAVING count(DISTINCT OrderId) > 1
+        """
+    ).fetchall()
+    return {"best": best, "payment": payment, "top": top, "repeats": repeats}
+
+
+def spark_answers(spark: Any, folder: Path, now: datetime) -> dict[str, Any]:
+    """The four answers with the notebook's functions, collected to Python as the notebook does."""
+    from app.analysis.purchases import (
+        best_selling_products,
+        dedupe_orders,
+        payment_type_preference,
+        read_purchases,
+        repeat_purchases,
+        repeat_rows,
+        top_customers_last_hour,
+    )
+
+    orders = dedupe_orders(read_purchases(spark, str(folder)))
+    return {
+        "best": best_selling_products(orders),
+        "payment": payment_type_preference(orders),
+        "top": top_customers_last_hour(orders, now),
+        "repeats": list(repeat_rows(repeat_purchases(orders))),
+    }
+
+
+def check_agreement(spark: dict[str, Any], duck: dict[str, Any]) -> None:
+    """Fail loudly if the engines disagree: a fast wrong answer is no answer."""
+    assert list(spark["best"].product_id) == [row[0] for row in duck["best"]]
+    assert list(spark["best"].units_sold) == [row[1] for row in duck["best"]]
+    assert list(spark["payment"].orders) == [row[1] for row in duck["payment"]]
+    assert list(zip(spark["top"].user_id, spark["top"].order_id, strict=True)) == [
+        (row[0], row[1]) for row in duck["top"]
+    ]
+    assert {row[:4] for row in spark["repeats"]} == {row[:4] for row in duck["repeats"]}
+
+
+def timed(action: Callable[[], T]) -> tuple[T, float]:
     started = time.perf_counter()
     result = action()
-    elapsed = time.perf_counter() - started
-    print(f"  {label:<34} {elapsed:6.2f} s")
-    return result, elapsed
+    return result, time.perf_counter() - started
+
+
+def bench_engines(settings: Settings, folder: Path, rounds: int) -> list[RepeatRow]:
+    from app.analysis.purchases import tune_for_analysis
+    from app.lake.spark import build_spark_session
+
+    print(f"\nthe four analyses on {folder.name} (local Parquet), local[2] vs DuckDB 2 threads")
+    spark, started = timed(
+        lambda: build_spark_session(settings, "bench-analysis", master="local[2]")
+    )
+    tune_for_analysis(spark)
+    print(f"  Spark session start (not counted): {started:.1f} s")
+    print(f"  {'round':<8}{'Spark s':>10}{'DuckDB s':>10}{'ratio':>8}")
+    for number in range(1, rounds + 1):
+        spark_result, spark_seconds = timed(lambda: spark_answers(spark, folder, NOW))
+        duck_result, duck_seconds = timed(lambda: duckdb_answers(folder, NOW))
+        check_agreement(spark_result, duck_result)
+        label = "cold" if number == 1 else f"warm {number - 1}"
+        ratio = spark_seconds / duck_seconds
+        print(f"  {label:<8}{spark_seconds:>10.2f}{duck_seconds:>10.2f}{ratio:>7.1f}x")
+    spark.stop()
+    print(f"  answers agree; {len(spark_result['repeats']):,} repeat (customer, product) pairs")
+    rows: list[RepeatRow] = spark_result["repeats"]
+    return rows
+
+
+def bench_postgres_write(settings: Settings, rows: list[RepeatRow]) -> None:
+    """The repeat-purchases write: COPY (what the notebook does) next to executemany."""
+    import psycopg2
+    from psycopg2 import sql
+
+    from app.analysis.repeat_store import COLUMNS, connect, ensure_schema, replace_repeat_purchases
+
+    scratch = settings.model_copy(update={"repeat_purchases_table": f"bench_repeat_{os.getpid()}"})
+    try:
+        conn = connect(scratch)
+    except psycopg2.OperationalError as exc:
+        print(f"\nPostgreSQL write skipped: {str(exc).strip()} (run `task infra-up`)")
+        return
+    table = sql.Identifier(scratch.repeat_purchases_table)
+    sample = rows[:20_000]
+    try:
+        ensure_schema(conn, scratch)
+        _, copy_seconds = timed(lambda: replace_repeat_purchases(conn, scratch, rows))
+
+        def executemany() -> None:
+            insert = sql.SQL("INSERT INTO {} ({}) VALUES (%s, %s, %s, %s, %s, %s)").format(
+                table, sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
+            )
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("DELETE FROM {}").format(table))
+                cur.executemany(insert, sample)
+            conn.commit()
+
+        _, many_seconds = timed(executemany)
+        print("\nrepeat_purchases write to PostgreSQL, in one transaction each")
+        for label, count, seconds in [
+            ("COPY (replace_repeat_purchases)", len(rows), copy_seconds),
+            ("executemany (baseline)", len(sample), many_seconds),
+        ]:
+            print(f"  {label:<32} {count:>9,} rows {count / seconds:>10,.0f} rows/s")
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
+        conn.commit()
+        conn.close()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--orders", type=int, default=1_000_000)
-    parser.add_argument("--regenerate", action="store_true")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of both engines (first is cold)"
+    )
+    parser.add_argument("--regenerate", action="store_true", help="rebuild the cached lake")
     args = parser.parse_args()
     settings = get_settings()
     folder = lake_folder(settings, args.orders, args.regenerate)
-    print(folder, date.today())
+    rows = bench_engines(settings, folder, args.rounds)
+    bench_postgres_write(settings, rows)
     return 0
 
 

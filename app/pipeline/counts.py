@@ -13,8 +13,8 @@ the next refresh applies them again from the pending batches, which are dropped 
 
 The refresh never reads the events collection and touches counts documents only by `_id`, so its
 cost follows the pending batches and the pairs they touch, not the history. That matters on
-FerretDB 1.x, which answers any filter other than a single `_id` with a full scan (and has no
-`$merge` nor transactions).
+FerretDB 1.x, which answers any filter but a single `_id` equality with a full scan (the lab's
+patched build; unpatched, even that scans), and has no `$merge` nor transactions.
 
 One refresh runs at a time: the DAG's `max_active_runs=1` guarantees it.
 """

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Annotated, Any
 
 import annotated_types
@@ -41,6 +41,11 @@ def _variant(**changes: Any) -> bytes:
         else:
             data[key] = value
     return json.dumps(data).encode()
+
+
+SAME_ORDER_AT_PLUS_3 = _variant(
+    TimeStamp=ORDER.timestamp.astimezone(timezone(timedelta(hours=3))).isoformat()
+)
 
 
 def _product(**changes: Any) -> bytes:
@@ -77,8 +82,8 @@ POISON: dict[str, tuple[bytes | None, str]] = {
 
 @pytest.fixture(scope="module")
 def parsed(spark: SparkSession) -> dict[str, Any]:
-    """Every case parsed in one Spark job: offset i is case i, offset 0 the valid order."""
-    cases = [("valid", ORDER.to_json_bytes())]
+    """Every case parsed in one Spark job: offset i is case i; offsets 0 and 1 are valid."""
+    cases = [("valid", ORDER.to_json_bytes()), ("valid, other zone", SAME_ORDER_AT_PLUS_3)]
     cases += [(name, value) for name, (value, _) in POISON.items()]
     frame = spark.createDataFrame(
         [(value, 2, offset, KAFKA_TIME) for offset, (_, value) in enumerate(cases)],
@@ -97,8 +102,9 @@ def parsed(spark: SparkSession) -> dict[str, Any]:
 
 
 def test_a_valid_order_comes_out_field_for_field(parsed: dict[str, Any]) -> None:
-    assert list(parsed["valid"]) == [0]
-    assert parsed["valid_orders"] == [WIRE]
+    assert sorted(parsed["valid"]) == [0, 1]
+    # The same instant written with another zone is the same order, stored in UTC.
+    assert parsed["valid_orders"] == [WIRE, WIRE]
     row = parsed["valid"][0]
     assert (row["kafka_partition"], row["kafka_offset"]) == (2, 0)
     # The partition is the UTC date of the Kafka timestamp, not the order's TimeStamp.

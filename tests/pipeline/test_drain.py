@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 from datetime import UTC, datetime
@@ -304,3 +305,15 @@ def test_mongo_down_during_a_run_fails_clearly_and_loses_nothing(
         refresh_event_counts(settings)
         assert EventStore.connect(settings).events.count_documents({}) == 2000
         assert stored_counts(settings) == expected_counts(events)
+
+
+def test_missing_topic_or_unreachable_kafka_say_what_to_do(lab_services: Settings) -> None:
+    missing = lab_services.model_copy(update={"topic_user_events": "test-no-such-topic"})
+    with pytest.raises(DrainError, match=r"does not exist.*task infra-up"):
+        drain_user_events(missing)
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        nobody = f"127.0.0.1:{probe.getsockname()[1]}"
+    with pytest.raises(DrainError, match=r"not reachable.*task infra-up"):
+        drain_user_events(lab_services.model_copy(update={"kafka_bootstrap_servers": nobody}))
