@@ -99,14 +99,20 @@ def _up(settings: Settings) -> None:
 
 
 def install(settings: Settings) -> None:
-    """Fetch and build what the local mode runs (no-op for what is cached)."""
+    """Fetch and build what the lab runs (no-op for what is cached): the local services' jars
+    and binaries in local mode, and Spark's connector jars in both modes."""
     if resolve_mode(settings) == "local":
         for service in local_services(settings):
             started = time.monotonic()
             service.install()
-            print(
-                f"  {service.name:<9} {service.describe():<40} {time.monotonic() - started:.1f} s"
-            )
+            took = time.monotonic() - started
+            print(f"  {service.name:<9} {service.describe():<40} {took:.1f} s")
+    from app.lake.jars import ensure_jars
+
+    started = time.monotonic()
+    ensure_jars(settings)
+    took = time.monotonic() - started
+    print(f"  {'spark':<9} {'connector jars (Kafka source, s3a)':<40} {took:.1f} s")
 
 
 def down(settings: Settings) -> None:
