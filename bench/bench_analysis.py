@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -134,7 +135,24 @@ def lake_folder(settings: Settings, orders: int, regenerate: bool) -> Path:
     return folder
 
 
-def duckdb_answers(folder: Path, now: datetime) -> dict[str, Any]:
+class Steps:
+    """Times each named step of one engine's run."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str, action: Callable[[], T]) -> T:
+        started = time.perf_counter()
+        result = action()
+        self.seconds[name] = time.perf_counter() - started
+        return result
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+
+def duckdb_answers(folder: Path, now: datetime, step: Steps) -> dict[str, Any]:
     """The four answers in DuckDB SQL, with the definitions of `app.analysis.purchases`."""
     import duckdb
 
@@ -142,14 +160,17 @@ def duckdb_answers(folder: Path, now: datetime) -> dict[str, Any]:
     con.execute("SET threads = 2")  # the same two cores Spark gets
     con.execute("SET TimeZone = 'UTC'")
     files = str(folder / "**" / "*.parquet")
-    con.execute(
-        """
-        CREATE TEMP TABLE orders AS
-        SELECT * FROM read_parquet(?, hive_partitioning = true)
-        QUALIFY row_number() OVER (
-            PARTITION BY OrderId ORDER BY kafka_timestamp, kafka_partition, kafka_offset) = 1
-        """,
-        [files],
+    step(
+        "read + de-duplicate",
+        lambda: con.execute(
+            """
+            CREATE TEMP TABLE orders AS
+            SELECT * FROM read_parquet(?, hive_partitioning = true)
+            QUALIFY row_number() OVER (
+                PARTITION BY OrderId ORDER BY kafka_timestamp, kafka_partition, kafka_offset) = 1
+            """,
+            [files],
+        ),
     )
     con.execute(
         """
@@ -157,39 +178,54 @@ def duckdb_answers(folder: Path, now: datetime) -> dict[str, Any]:
         SELECT OrderId, UserId, TimeStamp, unnest(Products, recursive := true) FROM orders
         """
     )
-    best = con.execute(
-        """
-        SELECT ProductId AS product_id, sum(ItemCount) AS units_sold,
-               sum(ItemCount * ItemPrice * (1 - ItemDiscount)) AS revenue
-        FROM lines GROUP BY ALL ORDER BY units_sold DESC, product_id LIMIT 10
-        """
-    ).fetchall()
-    payment = con.execute(
-        """
-        SELECT PaymentType, count(*) AS orders, count(*) / sum(count(*)) OVER () AS share
-        FROM orders GROUP BY ALL ORDER BY orders DESC, PaymentType
-        """
-    ).fetchall()
-    top = con.execute(
-        """
-        SELECT UserId, arg_max(OrderId, (TotalPrice, TimeStamp)), max(TotalPrice) AS best
-        FROM orders WHERE TimeStamp > ?::TIMESTAMPTZ - INTERVAL 1 HOUR AND TimeStamp <= ?
-        GROUP BY ALL ORDER BY best DESC, UserId LIMIT 10
-        """,
-        [now, now],
-    ).fetchall()
-    repeats = con.execute(
-        """
-        SELECT UserId, ProductId, count(DISTINCT OrderId) AS order_count,
-               sum(ItemCount), min(TimeStamp), max(TimeStamp)
-        FROM lines GROUP BY ALL HAVING count(DISTINCT OrderId) > 1
-        """
-    ).fetchall()
+    best = step(
+        "best-selling products",
+        lambda: con.execute(
+            """
+            SELECT ProductId AS product_id, sum(ItemCount) AS units_sold,
+                   sum(ItemCount * ItemPrice * (1 - ItemDiscount)) AS revenue
+            FROM lines GROUP BY ALL ORDER BY units_sold DESC, product_id LIMIT 10
+            """
+        ).fetchall(),
+    )
+    payment = step(
+        "payment types",
+        lambda: con.execute(
+            """
+            SELECT PaymentType, count(*) AS orders, count(*) / sum(count(*)) OVER () AS share
+            FROM orders GROUP BY ALL ORDER BY orders DESC, PaymentType
+            """
+        ).fetchall(),
+    )
+    top = step(
+        "top customers, last hour",
+        lambda: con.execute(
+            """
+            SELECT UserId, arg_max(OrderId, (TotalPrice, TimeStamp)), max(TotalPrice) AS best
+            FROM orders WHERE TimeStamp > ?::TIMESTAMPTZ - INTERVAL 1 HOUR AND TimeStamp <= ?
+            GROUP BY ALL ORDER BY best DESC, UserId LIMIT 10
+            """,
+            [now, now],
+        ).fetchall(),
+    )
+    repeats = step(
+        "repeat purchases (to Python)",
+        lambda: con.execute(
+            """
+            SELECT UserId, ProductId, count(DISTINCT OrderId) AS order_count,
+                   sum(ItemCount), min(TimeStamp), max(TimeStamp)
+            FROM lines GROUP BY ALL HAVING count(DISTINCT OrderId) > 1
+            """
+        ).fetchall(),
+    )
     return {"best": best, "payment": payment, "top": top, "repeats": repeats}
 
 
-def spark_answers(spark: Any, folder: Path, now: datetime) -> dict[str, Any]:
-    """The four answers with the notebook's functions, collected to Python as the notebook does."""
+def spark_answers(spark: Any, folder: Path, now: datetime, step: Steps) -> dict[str, Any]:
+    """The four answers with the notebook's functions, collected to Python as the notebook does.
+
+    Spark is lazy: reading and de-duplicating happen inside each answer's step.
+    """
     from app.analysis.purchases import (
         best_selling_products,
         dedupe_orders,
@@ -202,10 +238,12 @@ def spark_answers(spark: Any, folder: Path, now: datetime) -> dict[str, Any]:
 
     orders = dedupe_orders(read_purchases(spark, str(folder)))
     return {
-        "best": best_selling_products(orders),
-        "payment": payment_type_preference(orders),
-        "top": top_customers_last_hour(orders, now),
-        "repeats": list(repeat_rows(repeat_purchases(orders))),
+        "best": step("best-selling products", lambda: best_selling_products(orders)),
+        "payment": step("payment types", lambda: payment_type_preference(orders)),
+        "top": step("top customers, last hour", lambda: top_customers_last_hour(orders, now)),
+        "repeats": step(
+            "repeat purchases (to Python)", lambda: list(repeat_rows(repeat_purchases(orders)))
+        ),
     }
 
 
@@ -220,32 +258,45 @@ def check_agreement(spark: dict[str, Any], duck: dict[str, Any]) -> None:
     assert {row[:4] for row in spark["repeats"]} == {row[:4] for row in duck["repeats"]}
 
 
-def timed(action: Callable[[], T]) -> tuple[T, float]:
-    started = time.perf_counter()
-    result = action()
-    return result, time.perf_counter() - started
-
-
 def bench_engines(settings: Settings, folder: Path, rounds: int) -> list[RepeatRow]:
     from app.analysis.purchases import tune_for_analysis
     from app.lake.spark import build_spark_session
 
-    print(f"\nthe four analyses on {folder.name} (local Parquet), local[2] vs DuckDB 2 threads")
-    spark, started = timed(
-        lambda: build_spark_session(settings, "bench-analysis", master="local[2]")
+    print(
+        f"\nthe four analyses on {folder.name} (local Parquet): Spark local[2] vs DuckDB 2 threads"
     )
+    started = time.perf_counter()
+    spark = build_spark_session(settings, "bench-analysis", master="local[2]")
     tune_for_analysis(spark)
-    print(f"  Spark session start (not counted): {started:.1f} s")
-    print(f"  {'round':<8}{'Spark s':>10}{'DuckDB s':>10}{'ratio':>8}")
-    for number in range(1, rounds + 1):
-        spark_result, spark_seconds = timed(lambda: spark_answers(spark, folder, NOW))
-        duck_result, duck_seconds = timed(lambda: duckdb_answers(folder, NOW))
-        check_agreement(spark_result, duck_result)
-        label = "cold" if number == 1 else f"warm {number - 1}"
-        ratio = spark_seconds / duck_seconds
-        print(f"  {label:<8}{spark_seconds:>10.2f}{duck_seconds:>10.2f}{ratio:>7.1f}x")
+    print(f"  Spark session start, not counted: {time.perf_counter() - started:.1f} s")
+    print(f"  {'round':<10}{'Spark s':>9}{'DuckDB s':>10}{'ratio':>8}")
+    spark_warm: list[Steps] = []
+    duck_warm: list[Steps] = []
+    for number in range(rounds):
+        spark_steps, duck_steps = Steps(), Steps()
+        spark_result = spark_answers(spark, folder, NOW, spark_steps)
+        check_agreement(spark_result, duckdb_answers(folder, NOW, duck_steps))
+        label = "cold (JIT)" if number == 0 else f"warm {number}"
+        ratio = spark_steps.total / duck_steps.total
+        print(f"  {label:<10}{spark_steps.total:>9.2f}{duck_steps.total:>10.2f}{ratio:>7.1f}x")
+        if number:
+            spark_warm.append(spark_steps)
+            duck_warm.append(duck_steps)
     spark.stop()
     print(f"  answers agree; {len(spark_result['repeats']):,} repeat (customer, product) pairs")
+    if spark_warm:
+        spark_median = statistics.median(steps.total for steps in spark_warm)
+        duck_median = statistics.median(steps.total for steps in duck_warm)
+        print(
+            f"  median of warm rounds: Spark {spark_median:.2f} s, DuckDB {duck_median:.2f} s, "
+            f"ratio {spark_median / duck_median:.1f}x (target <= 3x)"
+        )
+        print(f"  per step, median of warm rounds:  {'Spark s':>8}{'DuckDB s':>10}")
+        names = list(dict.fromkeys([*duck_warm[0].seconds, *spark_warm[0].seconds]))
+        for name in names:
+            spark_step = statistics.median(s.seconds.get(name, 0.0) for s in spark_warm)
+            duck_step = statistics.median(s.seconds.get(name, 0.0) for s in duck_warm)
+            print(f"    {name:<32}{spark_step:>8.2f}{duck_step:>10.2f}")
     rows: list[RepeatRow] = spark_result["repeats"]
     return rows
 
@@ -267,7 +318,8 @@ def bench_postgres_write(settings: Settings, rows: list[RepeatRow]) -> None:
     sample = rows[:20_000]
     try:
         ensure_schema(conn, scratch)
-        _, copy_seconds = timed(lambda: replace_repeat_purchases(conn, scratch, rows))
+        step = Steps()
+        step("COPY", lambda: replace_repeat_purchases(conn, scratch, rows))
 
         def executemany() -> None:
             insert = sql.SQL("INSERT INTO {} ({}) VALUES (%s, %s, %s, %s, %s, %s)").format(
@@ -278,11 +330,11 @@ def bench_postgres_write(settings: Settings, rows: list[RepeatRow]) -> None:
                 cur.executemany(insert, sample)
             conn.commit()
 
-        _, many_seconds = timed(executemany)
+        step("executemany", executemany)
         print("\nrepeat_purchases write to PostgreSQL, in one transaction each")
         for label, count, seconds in [
-            ("COPY (replace_repeat_purchases)", len(rows), copy_seconds),
-            ("executemany (baseline)", len(sample), many_seconds),
+            ("COPY (replace_repeat_purchases)", len(rows), step.seconds["COPY"]),
+            ("executemany (baseline)", len(sample), step.seconds["executemany"]),
         ]:
             print(f"  {label:<32} {count:>9,} rows {count / seconds:>10,.0f} rows/s")
     finally:

@@ -393,7 +393,8 @@ def clean_up(settings: Settings) -> None:
     top = f"{settings.s3_bucket}/{settings.s3_purchases_prefix.split('/')[0]}"
     if fs.exists(top):
         fs.rm(top, recursive=True)
-    admin_client(settings).delete_topics([settings.topic_purchased_item])
+    for deleted in admin_client(settings).delete_topics([settings.topic_purchased_item]).values():
+        deleted.result()
     shutil.rmtree(settings.checkpoint_dir, ignore_errors=True)
 
 

@@ -205,20 +205,22 @@ def doctor(settings: Settings) -> bool:
     ]
     engine = docker_engine_answers()
     print(f"  [info] Docker engine: {'answers' if engine else 'not available -> local processes'}")
+    results.append(
+        _check(
+            shutil.which("mvn") is not None,
+            "Maven (fetches Spark's connector jars, and Kafka's in local mode)",
+            "install Maven, e.g. `sudo apt-get install -y maven`",
+        )
+    )
     if not engine or settings.lab_infra_mode == "local":
         results += [
-            _check(
-                shutil.which("mvn") is not None,
-                "Maven (fetches the Kafka and Spark connector jars)",
-                "install Maven, e.g. `sudo apt-get install -y maven`",
-            ),
             _check(
                 shutil.which("go") is not None or shutil.which("mongod") is not None,
                 "Go (builds FerretDB when no mongod is on PATH)",
                 "install Go 1.22+ or put a `mongod` on PATH",
             ),
         ]
-    mine = {s.port for s in local_services(settings) if s.pid() is not None}
+    mine = {port for s in local_services(settings) if s.pid() is not None for port in s.ports}
     for label, port in [
         ("API", settings.api_port),
         ("Kafka", settings.kafka_port),

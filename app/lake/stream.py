@@ -20,13 +20,15 @@ lines, a time zone on `TimeStamp`) are the API's job and are not repeated here.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import json
 import operator
 import signal
 import time
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -454,6 +456,23 @@ def _report_progress(queries: list[StreamingQuery], seen: dict[str, int], log: L
             )
 
 
+@contextlib.contextmanager
+def checkpoint_lock(settings: Settings) -> Iterator[None]:
+    """One job per checkpoint: two writers of the same commit logs would break exactly-once."""
+    path = Path(settings.checkpoint_dir) / "job.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InfraError(
+                f"Another stream job is running on the checkpoint {settings.checkpoint_dir} "
+                "(the Procfile's `spark` process?). It keeps the lake up to date already; stop "
+                "it first if you want to run this one."
+            ) from None
+        yield
+
+
 def run_stream(
     settings: Settings,
     *,
@@ -464,6 +483,11 @@ def run_stream(
     """Run both queries until SIGTERM/Ctrl-C (or, with `available_now`, until the backlog is
     written), then stop them and the session. A failed query raises InfraError."""
     preflight(settings)
+    with checkpoint_lock(settings):
+        _run(settings, available_now, master, log)
+
+
+def _run(settings: Settings, available_now: bool, master: str | None, log: Log) -> None:
     spark = _stream_session(settings, master)
     received: list[int] = []
 

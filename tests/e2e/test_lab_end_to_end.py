@@ -29,6 +29,7 @@ from psycopg2 import sql
 from app.analysis.repeat_store import connect
 from app.core.config import ROOT, Settings
 from app.lake.storage import s3_filesystem
+from app.lake.stream import committed_files
 from app.pipeline.store import EventStore, mongo_client
 from tests.conftest import make_isolated_settings
 
@@ -188,12 +189,12 @@ def _assert_mongo_exact(settings: Settings, events: list[dict[str, Any]]) -> Non
 def _read_lake(settings: Settings) -> pd.DataFrame:
     import pyarrow.dataset as ds
 
-    fs = s3_filesystem(settings)
-    root = f"{settings.s3_bucket}/{settings.s3_purchases_prefix}"
-    files = [f for f in fs.find(root) if f.endswith(".parquet")] if fs.exists(root) else []
+    # Only what the file sink committed: a reader must not count a batch cut short.
+    files = committed_files(settings, settings.purchases_url)
     if not files:
         return pd.DataFrame()
-    table = ds.dataset(files, filesystem=fs, format="parquet").to_table()
+    dataset = ds.dataset(files, filesystem=s3_filesystem(settings), format="parquet")
+    table = dataset.to_table()
     return table.to_pandas()
 
 

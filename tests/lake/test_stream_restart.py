@@ -20,9 +20,8 @@ SCRIPT = ROOT / "spark" / "stream_purchases.py"
 ORDERS = 9_000
 
 
-def _job(settings: Settings, log: Path, *flags: str) -> subprocess.Popen[bytes]:
-    """`spark/stream_purchases.py` in its own process group, as honcho runs it."""
-    env = {
+def _env(settings: Settings) -> dict[str, str]:
+    return {
         **os.environ,
         "TOPIC_PURCHASED_ITEM": settings.topic_purchased_item,
         "S3_PURCHASES_PREFIX": settings.s3_purchases_prefix,
@@ -31,10 +30,14 @@ def _job(settings: Settings, log: Path, *flags: str) -> subprocess.Popen[bytes]:
         "SPARK_TRIGGER_INTERVAL": settings.spark_trigger_interval,
         "SPARK_MAX_OFFSETS_PER_TRIGGER": str(settings.spark_max_offsets_per_trigger),
     }
+
+
+def _job(settings: Settings, log: Path, *flags: str) -> subprocess.Popen[bytes]:
+    """`spark/stream_purchases.py` in its own process group, as honcho runs it."""
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, str(SCRIPT), "--master", "local[2]", *flags],
-            env=env,
+            env=_env(settings),
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -79,6 +82,17 @@ def test_sigterm_then_sigkill_mid_batch_then_restart_keeps_every_order_once(
     # 2. SIGKILL to the group while a micro-batch is being written: no goodbye at all.
     job = _job(settings, log)
     wait_for(lambda: _committed(settings) > resumed_from, "progress after the restart")
+    # Meanwhile a second job on the same checkpoint is refused, not run beside it.
+    second = subprocess.run(
+        [sys.executable, str(SCRIPT), "--available-now"],
+        env=_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert second.returncode == 1
+    assert "Another stream job is running on the checkpoint" in second.stderr
     wait_for(lambda: _in_flight(settings), "a micro-batch in flight", timeout=60)
     os.killpg(job.pid, signal.SIGKILL)
     job.wait(timeout=30)
@@ -96,12 +110,15 @@ def test_sigterm_then_sigkill_mid_batch_then_restart_keeps_every_order_once(
     assert arrow_rows(settings, settings.purchases_quarantine_url) == []
 
 
-def test_a_missing_service_is_reported_in_one_sentence(stream_settings: Settings) -> None:
-    broken = stream_settings.model_copy(update={"s3_bucket": "no-such-bucket"})
+def test_a_missing_bucket_is_reported_in_one_sentence(stream_settings: Settings) -> None:
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--available-now"],
-        env={**os.environ, "S3_BUCKET": broken.s3_bucket},
+        env={
+            **os.environ,
+            "TOPIC_PURCHASED_ITEM": stream_settings.topic_purchased_item,
+            "S3_BUCKET": "no-such-bucket",
+        },
         capture_output=True,
         text=True,
         timeout=120,
