@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import copy
 import shutil
-import socket
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from confluent_kafka import Message
@@ -23,30 +21,12 @@ from app.api.main import create_app
 from app.api.routes import EVENT_EXAMPLE, PURCHASE_EXAMPLE
 from app.core.config import Settings
 from app.core.kafka import ensure_topics
-from app.infra.kafka import Kafka
 from app.schemas import UserEvent
+from tests.support import SpareKafka, free_port
 
 TIMEOUT = 3.0  # the API's produce timeout in this module
 # What the bound may be exceeded by: the event loop and the test client's own work.
 SLACK = 1.5
-
-
-class SpareKafka(Kafka):
-    """A broker of the lab's cached jars with its own name, so its data, log, pid and config
-    files (and its ports, from the settings) are separate from the lab's broker."""
-
-    name = "kafka-broker-down-test"
-
-    @property
-    def config_file(self) -> Path:
-        return self.data_dir / "server.properties"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")

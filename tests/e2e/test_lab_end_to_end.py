@@ -168,10 +168,13 @@ def _api_ready(url: str) -> bool:
 
 
 def _event_identity(event: dict[str, Any]) -> tuple[str, ...]:
+    """What identifies an event across hops. MongoDB dates hold milliseconds (the wire and the
+    lake keep microseconds), so the time is compared to the millisecond."""
     stamp = event["TimeStamp"]
-    if isinstance(stamp, datetime):
-        stamp = stamp.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-    return (event["UserId"], event["SessionId"], event["EventName"], stamp)
+    if isinstance(stamp, str):
+        stamp = datetime.fromisoformat(stamp)
+    millis = stamp.astimezone(UTC).isoformat(timespec="milliseconds")
+    return (event["UserId"], event["SessionId"], event["EventName"], millis)
 
 
 def _assert_mongo_exact(settings: Settings, events: list[dict[str, Any]]) -> None:
