@@ -23,7 +23,7 @@ from psycopg2 import sql
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from app.analysis.repeat_store import RepeatRow
+from app.analysis.repeat_store import COLUMNS, RepeatRow
 from app.core.config import Settings
 
 LAST_HOUR = timedelta(hours=1)
@@ -209,19 +209,15 @@ def repeat_purchases(orders: DataFrame) -> DataFrame:
 def repeat_rows(repeats: DataFrame) -> Iterator[RepeatRow]:
     """The rows of a `repeat_purchases` answer as tuples for `replace_repeat_purchases`.
 
-    Collected through Arrow in one go, so times arrive as UTC-aware values.
+    Collected through Arrow in one go, so times arrive as UTC-aware values; pandas turns them
+    into Python datetimes several times faster than Arrow's own `to_pylist`.
     """
-    table = repeats.toArrow()
+    frame = _collect(repeats)
     columns = [
-        table.column(name).to_pylist()
-        for name in (
-            "user_id",
-            "product_id",
-            "order_count",
-            "total_quantity",
-            "first_purchase_at",
-            "last_purchase_at",
-        )
+        list(frame[name].dt.to_pydatetime())
+        if isinstance(frame[name].dtype, pd.DatetimeTZDtype)
+        else frame[name].tolist()
+        for name in COLUMNS
     ]
     yield from zip(*columns, strict=True)
 

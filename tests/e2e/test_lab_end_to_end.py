@@ -109,7 +109,7 @@ def test_every_acknowledged_record_lands_exactly_once(lab: Settings, tmp_path: P
                 "--count",
                 "20",
                 "--users-per-second",
-                "10",
+                "50",
                 "--url",
                 lab.api_url,
                 "--record-file",
