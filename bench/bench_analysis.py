@@ -224,7 +224,8 @@ def duckdb_answers(folder: Path, now: datetime, step: Steps) -> dict[str, Any]:
 def spark_answers(spark: Any, folder: Path, now: datetime, step: Steps) -> dict[str, Any]:
     """The four answers with the notebook's functions, collected to Python as the notebook does.
 
-    Spark is lazy: reading and de-duplicating happen inside each answer's step.
+    Spark is lazy: `dedupe_orders` runs only its small job up front; the reading and the rest of
+    the de-duplication happen inside each answer's step.
     """
     from app.analysis.purchases import (
         best_selling_products,
@@ -236,7 +237,7 @@ def spark_answers(spark: Any, folder: Path, now: datetime, step: Steps) -> dict[
         top_customers_last_hour,
     )
 
-    orders = dedupe_orders(read_purchases(spark, str(folder)))
+    orders = step("read + de-duplicate", lambda: dedupe_orders(read_purchases(spark, str(folder))))
     return {
         "best": step("best-selling products", lambda: best_selling_products(orders)),
         "payment": step("payment types", lambda: payment_type_preference(orders)),

@@ -30,7 +30,7 @@ GROUPS = {
 
 
 def render() -> str:
-    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
+    defaults = Settings.model_construct()  # the defaults, whatever the environment says
     lines = [
         "# Every setting of the lab, with its default. Copy to .env (git-ignored) and change what",
         "# you need; every line is optional. Real environment variables win over .env.",

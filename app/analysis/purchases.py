@@ -2,7 +2,7 @@
 
 The lake's rows (`app.lake.schema.PURCHASE_ROW`) are read with a plain `spark.read.parquet(<top
 folder>)` and passed through `dedupe_orders` first. The small answers come back as pandas frames,
-ready to show; the repeat purchases stay a Spark DataFrame until `repeat_rows` streams them to
+ready to show; the repeat purchases stay a Spark DataFrame until `repeat_rows` hands them to
 PostgreSQL. Definitions, stated here once and above each answer in the notebook:
 
 - an order counts once, however many times it was delivered (same `OrderId`);
@@ -60,7 +60,7 @@ def read_purchases(spark: SparkSession, url: str) -> DataFrame:
 
 
 def dedupe_orders(purchases: DataFrame) -> DataFrame:
-    """One row per `OrderId`: the copy Kafka delivered first.
+    """One row per `OrderId`: the copy Kafka delivered first. Runs one small Spark job.
 
     Delivery is at-least-once and a client may resend a batch, so one order can land in the lake
     more than once; counting it twice would inflate every answer.
@@ -68,14 +68,16 @@ def dedupe_orders(purchases: DataFrame) -> DataFrame:
     # Re-deliveries are rare, so only orders whose id hash occurs more than once take the exact
     # (shuffling, sorting) path; every other row passes a broadcast anti-join and is never
     # shuffled. A hash collision merely sends a unique order down the exact path. The repeated
-    # hashes are few (one per re-delivered order) and cached, so each analysis reuses them.
+    # hashes (one per re-delivered order) are computed here, once, for every analysis: a local
+    # checkpoint rather than `cache()`, which a later read of the same folder would match and
+    # so reuse stale after new files landed.
     order_hash = F.xxhash64("OrderId")
     repeated = (
         purchases.groupBy(order_hash.alias("order_hash"))
         .count()
         .where(F.col("count") > 1)
         .select("order_hash")
-        .cache()
+        .localCheckpoint()
     )
     is_repeated = order_hash == repeated["order_hash"]
     delivered_once = purchases.join(F.broadcast(repeated), is_repeated, "left_anti")

@@ -11,6 +11,7 @@ from pyspark.sql import DataFrame
 
 from app.analysis.purchases import (
     best_selling_products,
+    dedupe_orders,
     delivery_summary,
     latest_order_at,
     parse_now,
@@ -29,6 +30,7 @@ from tests.analysis.dataset import (
     reference_payment_types,
     reference_repeat_purchases,
     reference_top_customers,
+    write_lake,
 )
 
 REFERENCE = reference_orders(lake_rows())
@@ -146,3 +148,16 @@ def test_parse_now() -> None:
         parse_now("2026-03-01T12:00:00")
     with pytest.raises(ValueError, match="not an ISO 8601 time"):
         parse_now("yesterday")
+
+
+def test_a_new_read_sees_re_deliveries_that_landed_since(spark, tmp_path) -> None:
+    """Re-reading the folder after new files landed de-duplicates against the new files too."""
+    rows = lake_rows()
+    write_lake(rows, tmp_path)
+    assert dedupe_orders(read_purchases(spark, str(tmp_path))).count() == 19
+    alice = next(row for row in rows if row["OrderId"] == "O-alice-1")
+    late_copy = {**alice, "kafka_offset": 999, "kafka_timestamp": NOW + timedelta(days=3)}
+    write_lake([{**late_copy, "ingest_date": late_copy["kafka_timestamp"].date()}], tmp_path)
+    again = dedupe_orders(read_purchases(spark, str(tmp_path)))
+    assert again.count() == 19
+    assert again.where("OrderId = 'O-alice-1'").first().kafka_offset == alice["kafka_offset"]
