@@ -60,17 +60,16 @@ def read_purchases(spark: SparkSession, url: str) -> DataFrame:
 
 
 def dedupe_orders(purchases: DataFrame) -> DataFrame:
-    """One row per `OrderId`: the copy Kafka delivered first. Runs one small Spark job.
+    """One row per `OrderId`: the copy Kafka delivered first. Runs two small Spark jobs.
 
     Delivery is at-least-once and a client may resend a batch, so one order can land in the lake
     more than once; counting it twice would inflate every answer.
     """
     # Re-deliveries are rare, so only orders whose id hash occurs more than once take the exact
-    # (shuffling, sorting) path; every other row passes a broadcast anti-join and is never
-    # shuffled. A hash collision merely sends a unique order down the exact path. The repeated
-    # hashes (one per re-delivered order) are computed here, once, for every analysis: a local
-    # checkpoint rather than `cache()`, which a later read of the same folder would match and
-    # so reuse stale after new files landed.
+    # (shuffling, sorting) path, here and once; every other row passes a broadcast anti-join in
+    # each analysis and is never shuffled. A hash collision merely sends a unique order down the
+    # exact path. Both small results are local checkpoints rather than `cache()`, which a later
+    # read of the same folder would match and so reuse stale after new files landed.
     order_hash = F.xxhash64("OrderId")
     repeated = (
         purchases.groupBy(order_hash.alias("order_hash"))
@@ -80,7 +79,6 @@ def dedupe_orders(purchases: DataFrame) -> DataFrame:
         .localCheckpoint()
     )
     is_repeated = order_hash == repeated["order_hash"]
-    delivered_once = purchases.join(F.broadcast(repeated), is_repeated, "left_anti")
     first_delivery = Window.partitionBy("OrderId").orderBy(
         "kafka_timestamp", "kafka_partition", "kafka_offset"
     )
@@ -89,7 +87,9 @@ def dedupe_orders(purchases: DataFrame) -> DataFrame:
         .withColumn("_delivery", F.row_number().over(first_delivery))
         .where(F.col("_delivery") == 1)
         .drop("_delivery")
+        .localCheckpoint()
     )
+    delivered_once = purchases.join(F.broadcast(repeated), is_repeated, "left_anti")
     return delivered_once.unionByName(first_copies)
 
 

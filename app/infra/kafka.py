@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 from app.core.config import ROOT
-from app.infra.process import InfraError, run
+from app.infra.process import InfraError, port_open, run
 from app.infra.services import HOST, Launch, LocalService, _tool
 
 KAFKA_DIR = ROOT / "infra" / "kafka"
@@ -122,6 +122,9 @@ class Kafka(LocalService):
     def ready(self) -> bool:
         from confluent_kafka.admin import AdminClient
 
+        # The client logs every refused connection; ask it only once the port is open.
+        if not port_open(HOST, self.port):
+            return False
         admin = AdminClient({"bootstrap.servers": f"{HOST}:{self.port}"})
         metadata = admin.list_topics(timeout=3)
         return bool(metadata.brokers)
