@@ -10,7 +10,7 @@ Then, in one run: the four analyses with the lab's Spark functions (`app.analysi
 that both engines agree, and the repeat-purchases write to PostgreSQL with COPY next to
 `executemany` (the baseline) when PostgreSQL answers.
 
-    .venv/bin/python bench/bench_analysis.py [--orders N] [--regenerate]
+    .venv/bin/python bench/bench_analysis.py [--orders N] [--rounds N] [--regenerate]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 # Run as a script from anywhere: the repository root holds the `app` package.
@@ -110,7 +111,7 @@ def write_lake(table: pa.Table, folder: Path) -> None:
     """Write `table` as `folder/ingest_date=YYYY-MM-DD/part-NNNNN.parquet`, Spark's layout."""
     days = table.column(PARTITION_COLUMN).to_pylist()
     for day in sorted(set(days)):
-        part = table.filter(pa.compute.equal(table.column(PARTITION_COLUMN), day)).drop_columns(
+        part = table.filter(pc.equal(table.column(PARTITION_COLUMN), day)).drop_columns(
             [PARTITION_COLUMN]
         )
         target = folder / f"{PARTITION_COLUMN}={day.isoformat()}"
