@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+from app.core.config import Settings
+from app.core.kafka import ensure_topics
 from app.infra.kafka import Kafka
 
 
@@ -25,3 +31,28 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@contextmanager
+def spare_kafka(base: Settings, tag: str, **changes: Any) -> Iterator[SpareKafka]:
+    """A started spare broker on free ports with topics `<tag>-UserEvents`/`-PurchasedItem`;
+    its `settings` point at it. Stopped and wiped afterwards."""
+    settings = base.model_copy(
+        update={
+            "kafka_bootstrap_servers": f"127.0.0.1:{free_port()}",
+            "kafka_controller_port": free_port(),
+            "kafka_heap": "256m",
+            "topic_user_events": f"{tag}-UserEvents",
+            "topic_purchased_item": f"{tag}-PurchasedItem",
+            **changes,
+        }
+    )
+    broker = SpareKafka(settings)
+    shutil.rmtree(broker.data_dir, ignore_errors=True)
+    broker.start()
+    try:
+        ensure_topics(settings)
+        yield broker
+    finally:
+        broker.stop()
+        shutil.rmtree(broker.data_dir, ignore_errors=True)

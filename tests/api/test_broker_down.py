@@ -22,7 +22,7 @@ from app.api.routes import EVENT_EXAMPLE, PURCHASE_EXAMPLE
 from app.core.config import Settings
 from app.core.kafka import ensure_topics
 from app.schemas import UserEvent
-from tests.support import SpareKafka, free_port
+from tests.support import SpareKafka, free_port, spare_kafka
 
 TIMEOUT = 3.0  # the API's produce timeout in this module
 # What the bound may be exceeded by: the event loop and the test client's own work.
@@ -31,23 +31,8 @@ SLACK = 1.5
 
 @pytest.fixture(scope="module")
 def spare_broker(lab_services: Settings) -> Iterator[SpareKafka]:
-    settings = lab_services.model_copy(
-        update={
-            "kafka_bootstrap_servers": f"127.0.0.1:{free_port()}",
-            "kafka_controller_port": free_port(),
-            "kafka_heap": "256m",
-            "topic_user_events": "broker-down-UserEvents",
-            "topic_purchased_item": "broker-down-PurchasedItem",
-            "api_produce_timeout_seconds": TIMEOUT,
-        }
-    )
-    broker = SpareKafka(settings)
-    shutil.rmtree(broker.data_dir, ignore_errors=True)
-    broker.start()
-    ensure_topics(settings)
-    yield broker
-    broker.stop()
-    shutil.rmtree(broker.data_dir, ignore_errors=True)
+    with spare_kafka(lab_services, "broker-down", api_produce_timeout_seconds=TIMEOUT) as broker:
+        yield broker
 
 
 def _event(number: int) -> dict[str, object]:

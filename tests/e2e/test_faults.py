@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -20,33 +19,19 @@ import httpx
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from app.api.routes import EVENT_EXAMPLE
 from app.core.config import ROOT, Settings
-from app.core.kafka import ensure_topics
-from tests.support import SpareKafka, free_port
+from tests.support import SpareKafka, free_port, spare_kafka
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def outage_settings(lab_services: Settings) -> Iterator[tuple[Settings, SpareKafka]]:
-    settings = lab_services.model_copy(
-        update={
-            "kafka_bootstrap_servers": f"127.0.0.1:{free_port()}",
-            "kafka_controller_port": free_port(),
-            "kafka_heap": "256m",
-            "topic_user_events": "outage-UserEvents",
-            "topic_purchased_item": "outage-PurchasedItem",
-            "api_port": free_port(),
-            "api_produce_timeout_seconds": 3.0,
-        }
-    )
-    broker = SpareKafka(settings)
-    shutil.rmtree(broker.data_dir, ignore_errors=True)
-    broker.start()
-    ensure_topics(settings)
-    yield settings, broker
-    broker.stop()
-    shutil.rmtree(broker.data_dir, ignore_errors=True)
+    with spare_kafka(
+        lab_services, "outage", api_port=free_port(), api_produce_timeout_seconds=3.0
+    ) as broker:
+        yield broker.settings, broker
 
 
 def _topic_values(settings: Settings, topic: str) -> list[bytes]:
@@ -131,13 +116,7 @@ def test_generator_load_survives_a_broker_outage(
         # While the broker is down the API must refuse with 503 quickly, never acknowledge.
         probe = httpx.put(
             f"{settings.api_url}/SendEvent",
-            json={
-                "UserId": "outage-probe",
-                "SessionId": "s-1",
-                "EventName": "PageVisited",
-                "TimeStamp": "2026-11-27T10:00:00Z",
-                "Attributes": {"ProductId": "p-1", "Price": 10.0, "Discount": 0.0},
-            },
+            json={**EVENT_EXAMPLE, "UserId": "outage-probe"},
             timeout=30,
         )
         assert probe.status_code == 503, probe.text
