@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -59,9 +58,3 @@ def test_settings_read_the_environment(monkeypatch: Any) -> None:
     s = Settings(_env_file=None)  # type: ignore[call-arg]
     assert s.kafka_port == 19092
     assert s.purchases_url == f"s3a://{s.s3_bucket}/elsewhere/"
-
-
-def test_no_machine_paths_in_committed_config() -> None:
-    for path in [ROOT / "Procfile", ROOT / "Taskfile.yml", ROOT / ".env.example"]:
-        text = Path(path).read_text()
-        assert "/work/" not in text and "/root/" not in text, path
