@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from app.core.config import Settings
 from app.core.kafka import ensure_topics
@@ -56,3 +59,36 @@ def spare_kafka(base: Settings, tag: str, **changes: Any) -> Iterator[SpareKafka
     finally:
         broker.stop()
         shutil.rmtree(broker.data_dir, ignore_errors=True)
+
+
+def read_topic(settings: Settings, topic: str) -> list[Message]:
+    """Every record of a topic, from the beginning up to its end at the time of the call."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "group.id": "tests-reader",  # never joined: partitions are assigned
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions
+        }
+        pending = {p for p, end in ends.items() if end > 0}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in pending])
+        messages: list[Message] = []
+        deadline = time.monotonic() + 30
+        while pending and time.monotonic() < deadline:
+            message = consumer.poll(1.0)
+            if message is None:
+                continue
+            assert message.error() is None, message.error()
+            messages.append(message)
+            if message.offset() + 1 >= ends[message.partition()]:
+                pending.discard(message.partition())
+        assert not pending, f"could not read {topic} to its end within 30 s"
+        return messages
+    finally:
+        consumer.close()

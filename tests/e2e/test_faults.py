@@ -17,11 +17,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from app.api.routes import EVENT_EXAMPLE
 from app.core.config import ROOT, Settings
-from tests.support import SpareKafka, free_port, spare_kafka
+from tests.support import SpareKafka, free_port, read_topic, spare_kafka
 
 pytestmark = pytest.mark.slow
 
@@ -35,29 +34,7 @@ def outage_settings(lab_services: Settings) -> Iterator[tuple[Settings, SpareKaf
 
 
 def _topic_values(settings: Settings, topic: str) -> list[bytes]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
-            "group.id": f"outage-check-{time.time_ns()}",
-            "enable.auto.commit": False,
-        }
-    )
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in partitions
-        }
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        values: list[bytes] = []
-        deadline = time.monotonic() + 60
-        while sum(ends.values()) > len(values) and time.monotonic() < deadline:
-            message = consumer.poll(1.0)
-            if message is not None and message.error() is None:
-                values.append(message.value())
-        return values
-    finally:
-        consumer.close()
+    return [message.value() for message in read_topic(settings, topic)]
 
 
 def _identity(event: dict[str, str]) -> tuple[str, str, str]:
