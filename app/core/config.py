@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     mongo_quarantine_collection: str = "user_events_quarantine"
     # Batches the drain stored whose events task 2 has not counted yet.
     mongo_pending_collection: str = "user_event_counts_pending"
+    # The drain's memory of each topic's id, to notice a topic that was re-created.
+    mongo_drain_state_collection: str = "user_events_drain_state"
 
     # S3 (MinIO in compose, an S3-compatible server in local mode)
     s3_endpoint_url: str = "http://127.0.0.1:9000"

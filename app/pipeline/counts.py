@@ -1,7 +1,9 @@
 """Task 2 of the DAG: keep `user_event_counts` exact, with work that follows the new batch.
 
 Each counts document is `{UserId, EventName, EventCount, CountedUpTo}` with `_id` = the pair.
-`CountedUpTo` maps a partition to the offset below which that pair's events are counted, so
+`CountedUpTo` maps a partition (of one incarnation of the topic: `<topic id>:<partition>`, so a
+re-created topic whose offsets start again is counted afresh) to the offset below which that
+pair's events are counted, so
 adding a pending batch (written by the drain) counts only its offsets at or above the mark:
 applying a batch twice, or two overlapping batches after a crash and re-read, adds each event
 once. Batches are applied in offset order per partition (their `_id` sorts that way), and every
@@ -68,6 +70,12 @@ def new_count(user_id: str, event_name: str) -> Document:
     }
 
 
+def mark_key(batch: Document) -> str:
+    """The key of a pending batch's partition in `CountedUpTo`."""
+    topic_id = batch.get("TopicId")
+    return f"{topic_id}:{batch['Partition']}" if topic_id else str(batch["Partition"])
+
+
 def apply_batches(counts: dict[str, Document], batches: Iterable[Document]) -> tuple[int, set[str]]:
     """Add the not-yet-counted events of pending `batches` (in `_id` order) to `counts`.
 
@@ -78,7 +86,7 @@ def apply_batches(counts: dict[str, Document], batches: Iterable[Document]) -> t
     counted = 0
     changed: set[str] = set()
     for batch in batches:
-        partition = str(batch["Partition"])
+        partition = mark_key(batch)
         for pair in batch["Pairs"]:
             key = pair_key(pair["UserId"], pair["EventName"])
             document = counts.get(key)
@@ -101,7 +109,7 @@ def _chunks(store: EventStore, max_pairs: int) -> Iterator[list[Document]]:
     """
     chunk: list[Document] = []
     pairs = 0
-    for batch in store.pending.find().sort("_id", 1):
+    for batch in store.pending_batches():
         if chunk and pairs + batch["PairCount"] > max_pairs:
             yield chunk
             chunk, pairs = [], 0
@@ -140,12 +148,7 @@ def refresh_event_counts(settings: Settings) -> CountsSummary:
         store.ensure_indexes()
         for batches in _chunks(store, settings.counts_batch_size):
             keys = {pair_key(p["UserId"], p["EventName"]) for b in batches for p in b["Pairs"]}
-            # One lookup per pair by `_id`: an `$in` would scan the whole collection on FerretDB.
-            counts = {
-                key: document
-                for key in sorted(keys)
-                if (document := store.counts.find_one({"_id": key})) is not None
-            }
+            counts = store.find_by_ids(store.counts, keys)
             existing = set(counts)
             counted, changed = apply_batches(counts, batches)
             _write(store, [counts[key] for key in sorted(changed)], existing)

@@ -11,7 +11,7 @@ import logging
 import socket
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from kafka.consumer.fetcher import ConsumerRecord
@@ -19,7 +19,13 @@ from kafka.consumer.fetcher import ConsumerRecord
 from app.core.config import Settings
 from app.infra.mongo import Mongo
 from app.pipeline.counts import refresh_event_counts
-from app.pipeline.drain import DrainError, drain_user_events, prepare_batch
+from app.pipeline.drain import (
+    DrainError,
+    drain_user_events,
+    event_id,
+    pending_batches,
+    prepare_batch,
+)
 from app.pipeline.store import EventStore
 from tests.pipeline.helpers import (
     committed_offsets,
@@ -44,12 +50,15 @@ def record(offset: int, value: bytes | None, partition: int = 0) -> ConsumerReco
 # ----------------------------------------------------------------------- records -> documents
 
 
+TOPIC_ID = "q7cmJ3xUQ8uVvZNPV5L8Wg"
+
+
 def test_valid_event_keeps_its_fields_and_kafka_coordinates() -> None:
     event = make_events(1)[0]
-    batch = prepare_batch([record(41, event.to_json_bytes(), partition=2)], "token")
+    batch = prepare_batch([record(41, event.to_json_bytes(), partition=2)], TOPIC_ID)
 
     [document] = batch.events
-    assert document["_id"] == "UserEvents:2:41"
+    assert document["_id"] == event_id(event)
     assert {k: document[k] for k in ("UserId", "SessionId", "EventName", "Attributes")} == {
         k: v for k, v in event.to_wire().items() if k != "TimeStamp"
     }
@@ -57,6 +66,7 @@ def test_valid_event_keeps_its_fields_and_kafka_coordinates() -> None:
     assert document["TimeStamp"].tzinfo is not None
     assert document["Kafka"] == {
         "Topic": "UserEvents",
+        "TopicId": TOPIC_ID,
         "Partition": 2,
         "Offset": 41,
         "Timestamp": datetime.fromtimestamp(KAFKA_TIME / 1000, UTC),
@@ -66,9 +76,33 @@ def test_valid_event_keeps_its_fields_and_kafka_coordinates() -> None:
 
 def test_same_message_gives_the_same_documents() -> None:
     value = make_events(1)[0].to_json_bytes()
-    first = prepare_batch([record(7, value)], "one")
-    second = prepare_batch([record(7, value)], "two")
+    first = prepare_batch([record(7, value)], TOPIC_ID)
+    second = prepare_batch([record(7, value)], TOPIC_ID)
     assert first.events == second.events
+
+
+def test_an_event_has_the_same_id_however_it_is_written_and_wherever_it_lands() -> None:
+    event = make_events(1)[0]
+    wire = event.to_wire()
+    # Same content: keys in another order, the time in another zone, prices as integers.
+    rewritten = {
+        "Attributes": {**wire["Attributes"], "Price": 120, "Discount": 0},
+        **{k: v for k, v in wire.items() if k != "Attributes"},
+        "TimeStamp": event.timestamp.astimezone(timezone(timedelta(hours=3))).isoformat(),
+    }
+    same = {**wire, "Attributes": {**wire["Attributes"], "Price": 120.0, "Discount": 0.0}}
+    other = {**same, "SessionId": "another-session"}
+    batch = prepare_batch(
+        [
+            record(1, json.dumps(same).encode(), partition=0),
+            record(9, json.dumps(rewritten).encode(), partition=2),
+            record(2, json.dumps(other).encode(), partition=0),
+        ],
+        TOPIC_ID,
+    )
+
+    ids = [document["_id"] for document in batch.events]
+    assert ids[0] == ids[1] != ids[2]
 
 
 VALID = json.loads(make_events(1)[0].to_json_bytes())
@@ -90,11 +124,11 @@ VALID = json.loads(make_events(1)[0].to_json_bytes())
 def test_invalid_message_is_quarantined_with_reason_and_raw_value(
     value: bytes | None, reason: str, encoding: str | None
 ) -> None:
-    batch = prepare_batch([record(3, value)], "token")
+    batch = prepare_batch([record(3, value)], TOPIC_ID)
 
-    assert batch.events == [] and batch.pending == []
+    assert batch.events == []
     [document] = batch.quarantine
-    assert document["_id"] == "UserEvents:0:3"
+    assert document["_id"] == f"UserEvents:{TOPIC_ID}:0:3"
     assert reason in document["Reason"]
     assert document["RawEncoding"] == encoding
     if encoding == "utf-8":
@@ -113,9 +147,11 @@ def test_pending_batch_lists_every_offset_of_each_pair_per_partition() -> None:
         record(13, a.to_json_bytes(), partition=0),
         record(5, a.to_json_bytes(), partition=1),
     ]
-    batch = prepare_batch(records, "tok")
+    batch = prepare_batch(records, TOPIC_ID)
+    pending = pending_batches(batch.events, batch.first_offsets, "tok")
 
-    by_partition = {p["Partition"]: p for p in batch.pending}
+    by_partition = {p["Partition"]: p for p in pending}
+    assert {p["TopicId"] for p in pending} == {TOPIC_ID}
     assert by_partition[0]["_id"] == f"{0:05d}:{10:020d}:tok"
     assert by_partition[0]["FirstOffset"] == 10  # the range starts at the poison message
     pairs = {(p["UserId"], p["EventName"]): p["Offsets"] for p in by_partition[0]["Pairs"]}
