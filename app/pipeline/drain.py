@@ -335,7 +335,7 @@ def _take_bounds(
 ) -> None:
     """Take each new partition's end offset (where this run stops); a partition of a re-created
     topic, or whose committed offset is past its end (Kafka lost data), is read from its start."""
-    new = [tp for tp in partitions if tp not in marks]
+    new = list(dict.fromkeys(tp for tp in partitions if tp not in marks))
     ends = consumer.end_offsets(new) if new else {}
     for tp in new:
         committed = consumer.committed(tp)
