@@ -1,4 +1,3 @@
-# ruff: noqa: RUF001 - Turkish ids hold the dotless i on purpose
 """Ids in any script, retried requests and conflicting orders, through every hop.
 
 Real API (in-process app, real producer), Kafka, the drain and counts on MongoDB, the Spark
