@@ -9,39 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from confluent_kafka import Consumer, TopicPartition
-
 from app.core.config import Settings, get_settings
-from app.core.kafka import admin_client, lab_topics
+from app.core.kafka import topic_ends
 from app.infra.cli import status_rows
 
 
 def topic_offsets(settings: Settings) -> list[str]:
     """End offset per topic, and the drain group's lag on `UserEvents`."""
-    metadata = admin_client(settings).list_topics(timeout=5).topics
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
-            "group.id": settings.drain_group_id,
-            "enable.auto.commit": False,
-        }
-    )
     lines = []
-    try:
-        for topic in lab_topics(settings):
-            if topic not in metadata:
-                lines.append(f"topic {topic}: missing (run `task infra-up`)")
-                continue
-            partitions = [TopicPartition(topic, p) for p in metadata[topic].partitions]
-            ends = [consumer.get_watermark_offsets(tp, timeout=5)[1] for tp in partitions]
-            line = f"topic {topic}: {sum(ends)} records in {len(partitions)} partitions"
-            if topic == settings.topic_user_events:
-                committed = consumer.committed(partitions, timeout=5)
-                done = sum(max(tp.offset, 0) for tp in committed)
-                line += f"; drain group {settings.drain_group_id!r} lag {sum(ends) - done}"
-            lines.append(line)
-    finally:
-        consumer.close()
+    for end in topic_ends(settings):
+        if not end.partitions:
+            lines.append(f"topic {end.topic}: missing (run `task infra-up`)")
+            continue
+        line = f"topic {end.topic}: {end.records} records in {end.partitions} partitions"
+        if end.drain_lag is not None:
+            line += f"; drain group {settings.drain_group_id!r} lag {end.drain_lag}"
+        lines.append(line)
     return lines
 
 

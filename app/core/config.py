@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     # How long /health and /health/ready wait for Kafka's metadata answer.
     api_health_timeout_seconds: float = Field(default=1.0, gt=0)
 
+    # Live console (python -m app.console): one page showing every hop of the pipeline.
+    console_host: str = "127.0.0.1"
+    console_port: int = 8050
+    # How often the console samples the fast probes and pushes figures to the page.
+    console_tick_seconds: float = Field(default=2.0, gt=0, le=2.0)
+
     # Data generator (python -m app.generator); its command-line options override these.
     generator_users_per_second: int = Field(default=20, ge=1)
     generator_concurrency: int = Field(default=16, ge=1)
@@ -113,6 +119,14 @@ class Settings(BaseSettings):
     @property
     def api_url(self) -> str:
         return f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def console_url(self) -> str:
+        return f"http://{self.console_host}:{self.console_port}"
+
+    @property
+    def airflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.airflow_port}"
 
     @property
     def kafka_port(self) -> int:

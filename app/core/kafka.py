@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
-from confluent_kafka import KafkaException, TopicCollection
+from confluent_kafka import Consumer, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from app.core.config import Settings
@@ -62,3 +63,42 @@ def topic_id(settings: Settings, topic: str, timeout: float = 15) -> str:
     admin = admin_client(settings)
     future = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)[topic]
     return str(future.result().topic_id)
+
+
+@dataclass(frozen=True)
+class TopicEnd:
+    """A topic's size: records ever written (sum of end offsets) and, for `UserEvents`, what the
+    drain group has not committed yet. `partitions` is 0 for a topic that does not exist."""
+
+    topic: str
+    partitions: int
+    records: int
+    drain_lag: int | None = None
+
+
+def topic_ends(settings: Settings, timeout: float = 5) -> list[TopicEnd]:
+    """End offsets of the lab's topics and the drain group's lag on `UserEvents`."""
+    metadata = admin_client(settings).list_topics(timeout=timeout).topics
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "group.id": settings.drain_group_id,  # read, never joined: its commits stay as they are
+            "enable.auto.commit": False,
+        }
+    )
+    ends = []
+    try:
+        for topic in lab_topics(settings):
+            if topic not in metadata:
+                ends.append(TopicEnd(topic, 0, 0))
+                continue
+            partitions = [TopicPartition(topic, p) for p in metadata[topic].partitions]
+            records = sum(consumer.get_watermark_offsets(tp, timeout=timeout)[1] for tp in partitions)
+            lag = None
+            if topic == settings.topic_user_events:
+                committed = consumer.committed(partitions, timeout=timeout)
+                lag = records - sum(max(tp.offset, 0) for tp in committed)
+            ends.append(TopicEnd(topic, len(partitions), records, lag))
+    finally:
+        consumer.close()
+    return ends

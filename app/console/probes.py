@@ -1,0 +1,202 @@
+"""Probes of the services the console watches: the API, Kafka, Airflow, MongoDB, PostgreSQL.
+
+Each probe is a small function that asks one service one cheap question and returns a `Reading`;
+it raises when the service does not answer, and the sampler turns that into a "down" hop. Totals
+that only grow (requests, records) go in `counters`: the sampler turns them into rates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from pymongo import DESCENDING
+
+from app.core.config import Settings
+from app.core.kafka import topic_ends
+from app.pipeline.store import EventStore, mongo_client
+
+# Routes that are not ingest: the console's own scrapes and health checks would count as traffic.
+NOT_INGEST = ("/metrics", "/health", "/health/ready")
+
+
+@dataclass
+class Reading:
+    """What one probe saw: figures to show as they are, and totals to turn into rates."""
+
+    figures: dict[str, Any] = field(default_factory=dict)
+    counters: dict[str, float] = field(default_factory=dict)
+    # Set when the service answered but its hop is not working (e.g. no job holds the stream's
+    # checkpoint): the hop shows as down with this reason, and with its figures.
+    down: str | None = None
+
+
+def api_reading(settings: Settings, client: httpx.Client) -> Reading:
+    """Request, record, refusal and produce-failure totals from the API's `/metrics`."""
+    response = client.get(f"{settings.api_url}/metrics", timeout=2)
+    response.raise_for_status()
+    requests = records = failures = 0.0
+    refusals: dict[str, float] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            if not sample.name.endswith("_total"):
+                continue
+            if family.name == "api_requests" and sample.labels["route"] not in NOT_INGEST:
+                requests += sample.value
+                status = sample.labels["status"]
+                if not status.startswith("2"):
+                    refusals[status] = refusals.get(status, 0) + sample.value
+            elif family.name == "api_records_produced":
+                records += sample.value
+            elif family.name == "api_produce_failures":
+                failures += sample.value
+    return Reading(
+        figures={
+            "requests": int(requests),
+            "records": int(records),
+            "refusals": {status: int(n) for status, n in sorted(refusals.items())},
+            "produce_failures": int(failures),
+        },
+        counters={"api_requests": requests, "api_records": records},
+    )
+
+
+def kafka_reading(settings: Settings) -> Reading:
+    """Records and partitions of both topics, and the drain group's lag."""
+    ends = topic_ends(settings, timeout=3)
+    figures: dict[str, Any] = {
+        "topics": [
+            {"topic": end.topic, "partitions": end.partitions, "records": end.records}
+            for end in ends
+        ],
+        "drain_lag": next((end.drain_lag for end in ends if end.drain_lag is not None), None),
+    }
+    missing = [end.topic for end in ends if not end.partitions]
+    if missing:
+        figures["missing"] = missing
+    user_events, purchased_item = ends  # in the order of `lab_topics`
+    return Reading(
+        figures,
+        {
+            "kafka_user_events": user_events.records,
+            "kafka_purchased_item": purchased_item.records,
+        },
+    )
+
+
+class AirflowClient:
+    """Airflow 3's REST API (`/api/v2`) with a JWT from `/auth/token`, renewed when refused."""
+
+    def __init__(self, settings: Settings, client: httpx.Client) -> None:
+        self.settings = settings
+        self.client = client
+        self.token: str | None = None
+
+    def _login(self) -> str:
+        response = self.client.post(
+            f"{self.settings.airflow_url}/auth/token",
+            json={
+                "username": self.settings.airflow_admin_user,
+                "password": self.settings.airflow_admin_password,
+            },
+            timeout=3,
+        )
+        response.raise_for_status()
+        token: str = response.json()["access_token"]
+        return token
+
+    def get(self, path: str, **params: Any) -> Any:
+        for attempt in range(2):
+            if self.token is None:
+                self.token = self._login()
+            response = self.client.get(
+                f"{self.settings.airflow_url}/api/v2{path}",
+                params=params,
+                headers={"Authorization": f"Bearer {self.token}"},
+                timeout=3,
+            )
+            if response.status_code == 401 and attempt == 0:
+                self.token = None  # expired: log in once more
+                continue
+            response.raise_for_status()
+            return response.json()
+        raise AssertionError("unreachable")
+
+
+def airflow_reading(settings: Settings, airflow: AirflowClient) -> Reading:
+    """The DAG's last five runs (state, duration) and when the next one is due."""
+    dag = airflow.get(f"/dags/{settings.dag_id}")
+    runs = airflow.get(f"/dags/{settings.dag_id}/dagRuns", order_by="-run_after", limit=5)
+    return Reading(
+        {
+            "dag_id": settings.dag_id,
+            "paused": dag.get("is_paused"),
+            "next_run": dag.get("next_dagrun_run_after"),
+            "runs": [
+                {
+                    "run_id": run["dag_run_id"],
+                    "state": run["state"],
+                    "started": run.get("start_date"),
+                    "duration": run.get("duration"),
+                }
+                for run in runs.get("dag_runs", [])
+            ],
+        }
+    )
+
+
+def mongo_reading(store: EventStore) -> Reading:
+    """Documents in the three collections (estimated counts: metadata only, no scan)."""
+    counts = {
+        "user_events": store.events.estimated_document_count(),
+        "user_event_counts": store.counts.estimated_document_count(),
+        "quarantine": store.quarantine.estimated_document_count(),
+    }
+    return Reading(counts, {"mongo_events": counts["user_events"]})
+
+
+def top_users_reading(store: EventStore, n: int = 5) -> Reading:
+    """The largest (UserId, EventName) counts: one sorted read of the counts collection."""
+    rows = store.counts.find({}, {"_id": 0, "UserId": 1, "EventName": 1, "EventCount": 1})
+    return Reading({"top_users": list(rows.sort("EventCount", DESCENDING).limit(n))})
+
+
+def open_event_store(settings: Settings) -> EventStore:
+    """One client for the console's life: pymongo reconnects by itself after an outage."""
+    return EventStore.connect(settings, mongo_client(settings, timeout_ms=2000))
+
+
+def postgres_reading(settings: Settings) -> Reading:
+    """Rows in `repeat_purchases` and when its file last changed (the table keeps no time)."""
+    from psycopg2 import sql
+
+    from app.analysis.repeat_store import connect
+
+    conn = connect(settings)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s)", (settings.repeat_purchases_table,))
+            if cur.fetchone()[0] is None:
+                return Reading({"table": settings.repeat_purchases_table, "rows": None})
+            table = sql.Identifier(settings.repeat_purchases_table)
+            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(table))
+            rows = cur.fetchone()[0]
+            written = _relation_modified(cur, settings.repeat_purchases_table)
+        return Reading({"table": settings.repeat_purchases_table, "rows": rows, "written": written})
+    finally:
+        conn.close()
+
+
+def _relation_modified(cur: Any, table: str) -> str | None:
+    # The replacement rewrites the table's heap file; reading its time needs a superuser (the
+    # lab's login is one), so a server where it is not says "unknown" instead of failing.
+    try:
+        cur.execute("SELECT (pg_stat_file(pg_relation_filepath(%s))).modification", (table,))
+        modified: datetime = cur.fetchone()[0]
+    except Exception:
+        cur.connection.rollback()
+        return None
+    return modified.astimezone(UTC).isoformat()
