@@ -173,7 +173,9 @@ class BestSellers:
             if (m := PARTITION.search(path)) and m.group(1) in recent
         ]
         self.lines = {
-            path: self._recent(self.lines[path] if path in self.lines else self._product_lines(path), since)
+            path: self._recent(
+                self.lines[path] if path in self.lines else self._product_lines(path), since
+            )
             for path in files
         }
         kept = [table for table in self.lines.values() if table is not None]

@@ -8,6 +8,7 @@ that raises makes its hop "down", with the reason and the command that fixes it.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import deque
@@ -66,7 +67,12 @@ def hops(settings: Settings) -> list[Hop]:
             "run `task up` (or `honcho start airflow`); login from AIRFLOW_ADMIN_USER/PASSWORD",
         ),
         Hop("mongo", "MongoDB", settings.mongo_url, "run `task infra-up`"),
-        Hop("spark", "Spark stream", settings.checkpoint_dir, "run `task up` (or `honcho start spark`)"),
+        Hop(
+            "spark",
+            "Spark stream",
+            settings.checkpoint_dir,
+            "run `task up` (or `honcho start spark`)",
+        ),
         Hop("lake", "S3 lake", settings.s3_endpoint_url, "run `task infra-up`"),
         Hop(
             "postgres",
@@ -114,7 +120,12 @@ class Sampler:
         self.pool = ThreadPoolExecutor(max_workers=len(probes), thread_name_prefix="probe")
 
     def tick(self) -> None:
-        """Start every probe that is due and not still running; record the rates' point."""
+        """Record the rates as they stand, then start every probe that is due and not still
+        running (their answers make the next point)."""
+        with self.lock:
+            self.history.append((time.time(), dict(self.rates)))
+            while self.history and self.history[0][0] < time.time() - HISTORY_SECONDS:
+                self.history.popleft()
         now = time.monotonic()
         for probe in self.probes:
             due = now - self.last_started.get(probe.key, -probe.every) >= probe.every
@@ -122,11 +133,7 @@ class Sampler:
                 self.last_started[probe.key] = now
                 future = self.pool.submit(probe.read)
                 self.in_flight[probe.key] = future
-                future.add_done_callback(lambda f, key=probe.key: self._finished(key, f))
-        with self.lock:
-            self.history.append((time.time(), dict(self.rates)))
-            while self.history and self.history[0][0] < time.time() - HISTORY_SECONDS:
-                self.history.popleft()
+                future.add_done_callback(functools.partial(self._finished, probe.key))
 
     def _finished(self, key: str, future: Future[Reading]) -> None:
         at = time.monotonic()
@@ -166,7 +173,9 @@ class Sampler:
         page: dict[str, Any] = {}
         for hop in self.hops:
             probes = [p for p in self.probes if p.hop == hop.key]
-            errors = [results[p.key].error for p in probes if p.key in results and results[p.key].error]
+            errors = [
+                results[p.key].error for p in probes if p.key in results and results[p.key].error
+            ]
             figures: dict[str, Any] = {}
             for p in probes:
                 result = results.get(p.key)
@@ -193,13 +202,11 @@ class Sampler:
             },
         }
 
-    def _spark_pending(
-        self, page: dict[str, Any], read: tuple[float, float] | None
-    ) -> int | None:
+    def _spark_pending(self, page: dict[str, Any], read: tuple[float, float] | None) -> int | None:
         """Purchases in Kafka that no committed batch has read yet (None when unknown)."""
         topics = page["kafka"]["figures"].get("topics", [])
         topic = self.settings.topic_purchased_item
-        total = next((t["records"] for t in topics if t["topic"] == topic), None)
+        total: int | None = next((t["records"] for t in topics if t["topic"] == topic), None)
         if total is None or read is None:
             return None
         return max(total - int(read[1]), 0)

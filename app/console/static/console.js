@@ -44,8 +44,10 @@ function seconds(value) {
   return value === null || value === undefined ? "\u2013" : `${num(value, 1)} s`;
 }
 
-// Figure rows per hop: [label, value, key for tests].
+// Figure rows per hop: [label, value, its data-figure name (tests read them)].
 function figureRows(key, f, rates) {
+  // A hop that never answered has nothing to show but its reason.
+  if (!Object.keys(f).length) return [];
   switch (key) {
     case "api": {
       const refusals = Object.entries(f.refusals || {}).map(([s, n]) => `${s}: ${num(n)}`).join(", ");
@@ -62,8 +64,10 @@ function figureRows(key, f, rates) {
       const rows = [];
       const rateOf = { 0: rates.kafka_user_events, 1: rates.kafka_purchased_item };
       (f.topics || []).forEach((t, i) => {
-        rows.push([`${t.topic} records/s`, num(rateOf[i], 1), `kafka-rate-${i}`]);
-        rows.push([`${t.topic} records`, `${num(t.records)} in ${t.partitions} partitions`, `kafka-records-${i}`]);
+        rows.push([t.topic]);
+        rows.push(["records/s", num(rateOf[i], 1), `kafka-rate-${i}`]);
+        rows.push(["records", num(t.records), `kafka-records-${i}`]);
+        rows.push(["partitions", num(t.partitions), `kafka-partitions-${i}`]);
       });
       rows.push(["drain group lag", num(f.drain_lag), "kafka-lag"]);
       if (f.missing) rows.push(["missing topics", `${f.missing.join(", ")} (run task infra-up)`, "kafka-missing"]);
@@ -155,9 +159,15 @@ function sparkline(box, name, label) {
     const width = Math.max(box.clientWidth - 26, 120);
     plots[name] = new uPlot({
       width, height: 42, legend: { show: false }, cursor: { show: false },
-      scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max, 1)] } },
+      scales: {
+        // Always the last ten minutes, so a young history grows from the right edge.
+        x: { time: true, range: (u, min, max) => [max - 600, max] },
+        y: { range: (u, min, max) => [0, Math.max(max || 0, 1) * 1.1] },
+      },
       axes: [{ show: false }, { show: false }],
-      series: [{}, { stroke: "#3b6fd8", fill: "rgba(59,111,216,.12)", width: 1.5, spanGaps: true }],
+      series: [{}, {
+        stroke: "#3b6fd8", fill: "rgba(59,111,216,.12)", width: 1.5, spanGaps: true, points: { show: false },
+      }],
     }, [[], []], holder);
   }
   return plots[name];
@@ -178,7 +188,9 @@ function render(snapshot) {
     const dl = box.querySelector("[data-figures]");
     dl.replaceChildren();
     for (const [label, value, figure] of figureRows(key, hop.figures, snapshot.rates)) {
-      dl.append(el("dt", {}, label), el("dd", { "data-figure": figure }, value));
+      // A row with a label only heads the rows below it (a topic's figures).
+      if (value === undefined) dl.append(el("dt", { class: "group" }, label));
+      else dl.append(el("dt", {}, label), el("dd", { "data-figure": figure }, value));
     }
     const more = extra(key, hop.figures);
     box.querySelector("[data-extra]").replaceChildren(...(more ? [more] : []));

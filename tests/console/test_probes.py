@@ -1,0 +1,158 @@
+"""The console's probes and sampler: figures read from a real checkpoint layout, the lake on the
+lab's S3, a down service, and rates made from totals."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from app.console.lake import BestSellers, spark_reading
+from app.console.probes import Reading, api_reading
+from app.console.sampler import Probe, Sampler
+from app.core.config import Settings
+from app.lake.storage import s3_filesystem
+from tests.support import free_port
+
+
+def _settle(sampler: Sampler) -> None:
+    sampler.tick()
+    deadline = time.monotonic() + 10
+    while sampler.in_flight and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _write_batch(
+    folder: Path, batch: int, ends: dict[str, int], started: float, done: float
+) -> None:
+    offsets = folder / "offsets" / str(batch)
+    commit = folder / "commits" / str(batch)
+    offsets.parent.mkdir(parents=True, exist_ok=True)
+    commit.parent.mkdir(parents=True, exist_ok=True)
+    offsets.write_text(f'v1\n{{"batchWatermarkMs":0}}\n{json.dumps({"PurchasedItem": ends})}\n')
+    commit.write_text('v1\n{"nextBatchWatermarkMs":0}\n')
+    os.utime(offsets, (started, started))
+    os.utime(commit, (done, done))
+
+
+@pytest.fixture
+def checkpoint_settings(lab_services: Settings, tmp_path: Path) -> Settings:
+    return lab_services.model_copy(update={"spark_checkpoint_dir": str(tmp_path)})
+
+
+def test_spark_figures_come_from_the_last_committed_batch(checkpoint_settings: Settings) -> None:
+    folder = Path(checkpoint_settings.checkpoint_dir) / "purchased_items"
+    now = time.time()
+    _write_batch(folder, 0, {"0": 10, "1": 5}, now - 100, now - 98)
+    _write_batch(folder, 1, {"0": 40, "1": 15}, now - 70, now - 66)
+
+    figures = spark_reading(checkpoint_settings).figures
+
+    assert figures["batch"] == 1
+    assert figures["rows"] == 40
+    assert figures["duration"] == pytest.approx(4, abs=0.05)
+    assert figures["rows_per_second"] == pytest.approx(10, abs=0.2)
+    # The first record of batch 1 could have arrived right after batch 0 fixed its offsets.
+    assert figures["freshness"] == pytest.approx(34, abs=0.05)
+
+
+def test_spark_is_down_unless_a_job_holds_the_checkpoint(checkpoint_settings: Settings) -> None:
+    lock = Path(checkpoint_settings.checkpoint_dir) / "job.lock"
+    lock.write_text("")
+    assert "not running" in (spark_reading(checkpoint_settings).down or "")
+
+    with lock.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert spark_reading(checkpoint_settings).down is None
+
+
+def _write_committed(settings: Settings, batch: int, orders: list[dict[str, object]]) -> None:
+    fs = s3_filesystem(settings)
+    root = f"{settings.s3_bucket}/{settings.s3_purchases_prefix}".rstrip("/")
+    path = f"{root}/ingest_date={datetime.now(UTC).date()}/part-{batch}.parquet"
+    with fs.open(path, "wb") as handle:
+        pq.write_table(pa.Table.from_pylist(orders), handle)
+    entry = {"path": f"s3a://{path}", "size": fs.size(path), "isDir": False, "action": "add"}
+    fs.pipe_file(f"{root}/_spark_metadata/{batch}", f"v1\n{json.dumps(entry)}\n".encode())
+
+
+@pytest.fixture
+def lake_settings(isolated_settings: Settings) -> Iterator[Settings]:
+    yield isolated_settings
+    fs = s3_filesystem(isolated_settings)
+    fs.rm(f"{isolated_settings.s3_bucket}/{isolated_settings.s3_purchases_prefix}", recursive=True)
+
+
+def test_best_sellers_count_the_last_hour_once_per_order(lake_settings: Settings) -> None:
+    now = datetime.now(UTC)
+
+    def order(order_id: str, minutes_ago: int, *lines: tuple[str, int]) -> dict[str, object]:
+        return {
+            "OrderId": order_id,
+            "TimeStamp": now - timedelta(minutes=minutes_ago),
+            "Products": [{"ProductId": p, "ItemCount": n} for p, n in lines],
+        }
+
+    first = order("A", 10, ("P1", 2), ("P2", 1))
+    _write_committed(lake_settings, 0, [first, order("old", 120, ("P3", 5))])
+    best = BestSellers(lake_settings)
+    assert best.reading().figures["top_products"] == [
+        {"product": "P1", "units": 2},
+        {"product": "P2", "units": 1},
+    ]
+
+    # A re-delivered order (same OrderId, next batch) counts once; a new one adds up.
+    _write_committed(lake_settings, 1, [first, order("D", 5, ("P2", 3))])
+    assert best.reading().figures["top_products"] == [
+        {"product": "P2", "units": 4},
+        {"product": "P1", "units": 2},
+    ]
+
+
+def test_a_service_that_does_not_answer_is_down_with_reason_and_fix(
+    lab_services: Settings,
+) -> None:
+    settings = lab_services.model_copy(update={"api_port": free_port()})
+    with httpx.Client() as http:
+        sampler = Sampler(settings, [Probe("api", "api", 0, lambda: api_reading(settings, http))])
+        _settle(sampler)
+    api = sampler.snapshot()["hops"]["api"]
+    assert api["state"] == "down"
+    assert "connection refused" in api["reason"]
+    assert "task up" in api["fix"]
+
+
+def test_rates_come_from_totals_and_stop_while_the_service_is_down(
+    lab_services: Settings,
+) -> None:
+    totals = iter([10.0, 30.0])
+
+    def read() -> Reading:
+        total = next(totals, None)
+        if total is None:
+            raise ConnectionRefusedError("gone")
+        return Reading({"requests": total}, {"api_requests": total})
+
+    sampler = Sampler(lab_services, [Probe("api", "api", 0, read)])
+    _settle(sampler)
+    assert sampler.snapshot()["rates"]["api_requests"] is None  # one total is no rate yet
+    _settle(sampler)
+    assert sampler.snapshot()["rates"]["api_requests"] > 0
+    _settle(sampler)
+    snapshot = sampler.snapshot()
+    assert snapshot["hops"]["api"]["state"] == "down"
+    assert snapshot["rates"]["api_requests"] is None
+    assert [r is not None for r in snapshot["history"]["series"]["api_requests"]] == [
+        False,
+        False,
+        True,
+    ]
