@@ -64,7 +64,7 @@ def hops(settings: Settings) -> list[Hop]:
             "airflow",
             "Airflow DAG",
             settings.airflow_url,
-            "run `task up` (or `honcho start airflow`); login from AIRFLOW_ADMIN_USER/PASSWORD",
+            "run `task up` (or `honcho start airflow`)",
         ),
         Hop("mongo", "MongoDB", settings.mongo_url, "run `task infra-up`"),
         Hop(
@@ -90,7 +90,10 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
         return "no answer in time (timed out)"
     if isinstance(exc, httpx.HTTPStatusError):
-        return f"answered HTTP {exc.response.status_code} to {exc.request.url.path}"
+        status = exc.response.status_code
+        if status in (401, 403):
+            return f"refused the lab's login (HTTP {status}): check AIRFLOW_ADMIN_USER/PASSWORD"
+        return f"answered HTTP {status} to {exc.request.url.path}"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 

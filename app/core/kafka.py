@@ -93,7 +93,9 @@ def topic_ends(settings: Settings, timeout: float = 5) -> list[TopicEnd]:
                 ends.append(TopicEnd(topic, 0, 0))
                 continue
             partitions = [TopicPartition(topic, p) for p in metadata[topic].partitions]
-            records = sum(consumer.get_watermark_offsets(tp, timeout=timeout)[1] for tp in partitions)
+            records = sum(
+                consumer.get_watermark_offsets(tp, timeout=timeout)[1] for tp in partitions
+            )
             lag = None
             if topic == settings.topic_user_events:
                 committed = consumer.committed(partitions, timeout=timeout)

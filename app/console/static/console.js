@@ -124,7 +124,7 @@ function table(headers, rows) {
   for (const h of headers) head.append(el("th", {}, h));
   for (const row of rows) {
     const tr = el("tr");
-    for (const [value, cls] of row) tr.append(el("td", cls ? { class: cls } : {}, value));
+    for (const [value, cls] of row) tr.append(el("td", { class: cls || "", title: value }, value));
     t.append(tr);
   }
   return t;
@@ -190,7 +190,7 @@ function render(snapshot) {
     for (const [label, value, figure] of figureRows(key, hop.figures, snapshot.rates)) {
       // A row with a label only heads the rows below it (a topic's figures).
       if (value === undefined) dl.append(el("dt", { class: "group" }, label));
-      else dl.append(el("dt", {}, label), el("dd", { "data-figure": figure }, value));
+      else dl.append(el("dt", {}, label), el("dd", { "data-figure": figure, title: value }, value));
     }
     const more = extra(key, hop.figures);
     box.querySelector("[data-extra]").replaceChildren(...(more ? [more] : []));
