@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+from pymongo.errors import ServerSelectionTimeoutError
 
 from app.console.probes import Reading
 from app.core.config import Settings
@@ -83,19 +84,30 @@ def hops(settings: Settings) -> list[Hop]:
     ]
 
 
+# Signs, in the clients' own error texts, of a service that is not there at all.
+NOT_REACHABLE = (
+    "Connection refused",  # psycopg2, pymongo
+    "Broker transport failure",  # confluent-kafka
+    "Could not connect to the endpoint URL",  # botocore (s3fs)
+)
+
+
 def describe(exc: BaseException) -> str:
     """One line a person can read: the error's kind and its first line, without a traceback."""
-    if isinstance(exc, httpx.ConnectError | ConnectionRefusedError):
+    text = str(exc)
+    if isinstance(exc, httpx.ConnectError | ConnectionRefusedError) or any(
+        sign in text for sign in NOT_REACHABLE
+    ):
         return "not reachable: nothing answers there (connection refused)"
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+    if isinstance(exc, httpx.TimeoutException | TimeoutError | ServerSelectionTimeoutError):
         return "no answer in time (timed out)"
     if isinstance(exc, httpx.HTTPStatusError):
         status = exc.response.status_code
         if status in (401, 403):
             return f"refused the lab's login (HTTP {status}): check AIRFLOW_ADMIN_USER/PASSWORD"
         return f"answered HTTP {status} to {exc.request.url.path}"
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(exc).__name__}: {first[:300]}" if first else type(exc).__name__
 
 
 @dataclass

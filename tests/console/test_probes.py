@@ -17,7 +17,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from app.console.lake import BestSellers, spark_reading
-from app.console.probes import Reading, api_reading
+from app.console.probes import (
+    Reading,
+    api_reading,
+    kafka_reading,
+    mongo_reading,
+    open_event_store,
+    postgres_reading,
+)
 from app.console.sampler import Probe, Sampler
 from app.core.config import Settings
 from app.lake.storage import s3_filesystem
@@ -118,17 +125,38 @@ def test_best_sellers_count_the_last_hour_once_per_order(lake_settings: Settings
     ]
 
 
-def test_a_service_that_does_not_answer_is_down_with_reason_and_fix(
+def test_services_that_do_not_answer_are_down_with_reason_and_fix(
     lab_services: Settings,
 ) -> None:
-    settings = lab_services.model_copy(update={"api_port": free_port()})
+    settings = lab_services.model_copy(
+        update={
+            "api_port": free_port(),
+            "kafka_bootstrap_servers": f"127.0.0.1:{free_port()}",
+            "mongo_url": f"mongodb://127.0.0.1:{free_port()}",
+            "postgres_port": free_port(),
+        }
+    )
+    store = open_event_store(settings)
     with httpx.Client() as http:
-        sampler = Sampler(settings, [Probe("api", "api", 0, lambda: api_reading(settings, http))])
+        probes = [
+            Probe("api", "api", 0, lambda: api_reading(settings, http)),
+            Probe("kafka", "kafka", 0, lambda: kafka_reading(settings)),
+            Probe("mongo", "mongo", 0, lambda: mongo_reading(store)),
+            Probe("postgres", "postgres", 0, lambda: postgres_reading(settings)),
+        ]
+        sampler = Sampler(settings, probes)
         _settle(sampler)
-    api = sampler.snapshot()["hops"]["api"]
-    assert api["state"] == "down"
-    assert "connection refused" in api["reason"]
-    assert "task up" in api["fix"]
+    hops = sampler.snapshot()["hops"]
+    fixes = {
+        "api": "task up",
+        "kafka": "task infra-up",
+        "mongo": "task infra-up",
+        "postgres": "task infra-up",
+    }
+    for hop, fix in fixes.items():
+        assert hops[hop]["state"] == "down", hop
+        assert hops[hop]["reason"] == "not reachable: nothing answers there (connection refused)"
+        assert fix in hops[hop]["fix"]
 
 
 def test_rates_come_from_totals_and_stop_while_the_service_is_down(

@@ -178,26 +178,37 @@ function render(snapshot) {
   for (const [key, hop] of Object.entries(snapshot.hops)) {
     const box = document.querySelector(`[data-hop="${key}"]`);
     if (!box) continue;
-    box.classList.remove("up", "down", "waiting");
-    box.classList.add(hop.state);
-    box.querySelector("[data-state]").textContent = hop.state;
-    const note = box.querySelector("[data-down]");
-    note.hidden = hop.state !== "down";
-    box.querySelector("[data-reason]").textContent = hop.reason || "";
-    box.querySelector("[data-fix]").textContent = hop.fix ? `Fix: ${hop.fix}` : "";
-    const dl = box.querySelector("[data-figures]");
-    dl.replaceChildren();
-    for (const [label, value, figure] of figureRows(key, hop.figures, snapshot.rates)) {
-      // A row with a label only heads the rows below it (a topic's figures).
-      if (value === undefined) dl.append(el("dt", { class: "group" }, label));
-      else dl.append(el("dt", {}, label), el("dd", { "data-figure": figure, title: value }, value));
+    // One hop that cannot be drawn must not take the others with it; the error is still
+    // logged, so the browser test fails on it.
+    try {
+      renderHop(box, key, hop, snapshot);
+    } catch (error) {
+      console.error(`hop ${key}:`, error);
+      box.querySelector("[data-figures]").replaceChildren(el("dt", { class: "group" }, `could not draw: ${error}`));
     }
-    const more = extra(key, hop.figures);
-    box.querySelector("[data-extra]").replaceChildren(...(more ? [more] : []));
-    for (const name of SPARKS[key] || []) {
-      const points = snapshot.history.series[name];
-      sparkline(box, name, `${snapshot.labels[name]}, last 10 min`).setData([snapshot.history.t, points]);
-    }
+  }
+}
+
+function renderHop(box, key, hop, snapshot) {
+  box.classList.remove("up", "down", "waiting");
+  box.classList.add(hop.state);
+  box.querySelector("[data-state]").textContent = hop.state;
+  const note = box.querySelector("[data-down]");
+  note.hidden = hop.state !== "down";
+  box.querySelector("[data-reason]").textContent = hop.reason || "";
+  box.querySelector("[data-fix]").textContent = hop.fix ? `Fix: ${hop.fix}` : "";
+  const dl = box.querySelector("[data-figures]");
+  dl.replaceChildren();
+  for (const [label, value, figure] of figureRows(key, hop.figures, snapshot.rates)) {
+    // A row with a label only heads the rows below it (a topic's figures).
+    if (value === undefined) dl.append(el("dt", { class: "group" }, label));
+    else dl.append(el("dt", {}, label), el("dd", { "data-figure": figure, title: value }, value));
+  }
+  const more = extra(key, hop.figures);
+  box.querySelector("[data-extra]").replaceChildren(...(more ? [more] : []));
+  for (const name of SPARKS[key] || []) {
+    const points = snapshot.history.series[name];
+    sparkline(box, name, `${snapshot.labels[name]}, last 10 min`).setData([snapshot.history.t, points]);
   }
 }
 
