@@ -17,9 +17,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--url", action="store_true", help="print the console's address and exit")
     args = parser.parse_args(argv)
     settings = get_settings()
-    print(f"console: {settings.console_url}/ (the whole pipeline, live)", flush=True)
     if args.url:
+        print(f"console: {settings.console_url}/ (the whole pipeline, live, once the lab runs)")
         return
+    print(f"console: {settings.console_url}/ (the whole pipeline, live)", flush=True)
     # Imported here: the app pulls in pyarrow and the clients, which `--url` does not need.
     from app.console.main import create_app
 
