@@ -29,6 +29,7 @@ import psycopg2
 from app.analysis.purchases import parse_now
 from app.analysis.repeat_store import connect
 from app.core.config import ROOT, Settings, get_settings
+from app.core.errors import LabError
 from app.lake.storage import s3_filesystem
 
 NOTEBOOKS = ROOT / "notebooks"
@@ -36,7 +37,7 @@ PURCHASES_NOTEBOOK = NOTEBOOKS / "01_purchases_analysis.ipynb"
 REPEAT_SQL_NOTEBOOK = NOTEBOOKS / "02_repeat_purchases_sql.ipynb"
 
 
-class AnalysisError(Exception):
+class AnalysisError(LabError):
     """A reason the analysis cannot run or did not finish, worded for the person who ran it."""
 
 

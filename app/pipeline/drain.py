@@ -48,6 +48,7 @@ from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
 from app.core.config import Settings
+from app.core.errors import LabError
 from app.core.kafka import topic_id as current_topic_id
 from app.pipeline.store import Document, EventStore, mongo_client
 from app.schemas import UserEvent, parse_json_object
@@ -57,7 +58,7 @@ log = logging.getLogger(__name__)
 POLL_TIMEOUT_MS = 500
 
 
-class DrainError(RuntimeError):
+class DrainError(LabError):
     """The drain stopped; the message says what happened and what to do."""
 
 
