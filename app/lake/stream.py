@@ -224,6 +224,8 @@ def run_stream(
     lock = writer_lock(settings)
     lock.acquire()
     try:
+        # Before the JVM starts: a refusal takes a second, not half a minute.
+        prepare_sinks(settings, log)
         spark = _stream_session(settings, master)
         try:
             with _stop_requests() as received:
