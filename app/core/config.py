@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     spark_max_offsets_per_trigger: int = Field(default=200_000, ge=1)
     # Empty: next to the lake, in the bucket (see `checkpoint_dir`). An `s3a://` URL or a path.
     spark_checkpoint_dir: str = ""
+    # How long the stream's Kafka client waits for an answer (Spark tries three times); then
+    # the query fails and the stream restarts it once Kafka answers again.
+    spark_kafka_timeout_seconds: float = Field(default=60.0, ge=1)
     # A stream's claim on an S3 checkpoint lapses this long after its last renewal.
     spark_writer_lease_seconds: float = Field(default=60.0, ge=5)
     spark_driver_memory: str = "1g"
