@@ -105,3 +105,90 @@ def test_junk_bodies_do_not_stall_other_clients(api: RunningApi) -> None:
         assert len(measured) >= MIN_SAMPLES, f"{path}: {len(measured)} answers in {PROBE_SECONDS} s"
         p99 = percentile(measured, 0.99)
         assert p99 <= P99_BOUND_SECONDS, f"{path}: p99 {p99 * 1000:.0f} ms under junk"
+
+
+def _connect(api: RunningApi) -> socket.socket:
+    connection = socket.create_connection((api.settings.api_host, api.settings.api_port))
+    connection.settimeout(HEADER_TIMEOUT + BODY_TIMEOUT + SLACK)
+    return connection
+
+
+def _head(path: str, length: int) -> bytes:
+    return (
+        f"PUT {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def _until_closed(connection: socket.socket) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and how long that took."""
+    started = time.monotonic()
+    received = b""
+    while chunk := connection.recv(65536):
+        received += chunk
+    return received, time.monotonic() - started
+
+
+@pytest.mark.parametrize("sent", [b"", b"PUT /SendEvent HTTP/1.1\r\nHost: te"])
+def test_a_connection_without_complete_headers_is_closed(api: RunningApi, sent: bytes) -> None:
+    with _connect(api) as connection:
+        connection.sendall(sent)
+        received, took = _until_closed(connection)
+    assert received == b""
+    assert HEADER_TIMEOUT * 0.9 <= took <= HEADER_TIMEOUT + SLACK, f"closed after {took:.1f} s"
+
+
+def test_a_body_that_does_not_arrive_in_time_gets_a_408(api: RunningApi) -> None:
+    with _connect(api) as connection:
+        connection.sendall(_head("/SendEvent", 1000) + b'{"UserId": ')
+        received, took = _until_closed(connection)
+    assert received.startswith(b"HTTP/1.1 408 "), received
+    assert b"API_BODY_TIMEOUT_SECONDS" in received
+    assert BODY_TIMEOUT * 0.9 <= took <= BODY_TIMEOUT + SLACK, f"answered after {took:.1f} s"
+
+
+def _metric_lines(api: RunningApi, prefix: str) -> list[str]:
+    text = httpx.get(f"{api.url}/metrics").text
+    return [line for line in text.splitlines() if line.startswith(prefix)]
+
+
+def test_a_client_gone_mid_body_is_counted_not_a_500(api: RunningApi) -> None:
+    with _connect(api) as connection:
+        connection.sendall(_head("/SendEvent", 100_000) + b'{"UserId": "gone"')
+    counter = 'api_client_disconnects_total{route="/SendEvent"}'
+    deadline = time.monotonic() + SLACK
+    while not _metric_lines(api, counter):
+        assert time.monotonic() < deadline, "the disconnect was not counted"
+        time.sleep(0.05)
+    assert _metric_lines(api, counter) == [f"{counter} 1.0"]
+    assert not [line for line in _metric_lines(api, "api_requests_total") if 'status="5' in line]
+
+
+def test_connections_over_the_limit_get_a_503(api: RunningApi) -> None:
+    idle = [_connect(api) for _ in range(MAX_CONNECTIONS)]
+    try:
+        refused = httpx.get(f"{api.url}/health")
+    finally:
+        for connection in idle:
+            connection.close()
+    assert refused.status_code == 503
+    deadline = time.monotonic() + SLACK
+    while httpx.get(f"{api.url}/health").status_code != 200:
+        assert time.monotonic() < deadline, "closed connections still count against the limit"
+        time.sleep(0.05)
+
+
+def test_stopping_waits_for_requests_at_most_the_graceful_time_out(
+    isolated_settings: Settings,
+) -> None:
+    settings = isolated_settings.model_copy(
+        update={"api_graceful_shutdown_seconds": 1, "api_body_timeout_seconds": 60.0}
+    )
+    with running_api(settings) as api, _connect(api) as connection:
+        connection.sendall(_head("/SendEvent", 1000))  # a body that never comes
+        time.sleep(0.2)
+        api.process.terminate()
+        started = time.monotonic()
+        api.process.wait(timeout=60)
+        took = time.monotonic() - started
+    assert took <= settings.api_graceful_shutdown_seconds + SLACK, f"stopped after {took:.1f} s"
