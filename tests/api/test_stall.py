@@ -8,26 +8,30 @@ so the slow-client cases stay short.
 from __future__ import annotations
 
 import copy
+import json
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 import httpx
+import psutil
 import pytest
 
-from app.api.routes import EVENT_EXAMPLE
+from app.api.routes import EVENT_EXAMPLE, PURCHASE_EXAMPLE
+from app.api.validation import INLINE_BYTES
 from app.core.config import Settings
 from tests.api.conftest import RunningApi, running_api
 
 HEADER_TIMEOUT = 1.0
 BODY_TIMEOUT = 1.0
 MAX_CONNECTIONS = 16
-# Target: 100 ms. The bound is looser for a loaded 2-core CI machine, and still far below
-# what a stalled event loop gives (the whole time of validating a junk body: seconds).
-P99_BOUND_SECONDS = 0.25
-PROBE_SECONDS = 8.0
-MIN_SAMPLES = 100
+# Target: 100 ms (bench/bench_api.py measures it). The bound is looser for a loaded 2-core CI
+# machine, and still far below what a stalled event loop gives: the whole time of refusing a
+# junk body, 2 s on the lab's machine before the fix.
+P99_BOUND_SECONDS = 0.5
+SAMPLES = 200  # of each probe; p99 is then the second slowest
+PROBE_CAP_SECONDS = 60.0
 # What the server's time-outs may be exceeded by before the test calls them missing.
 SLACK = 2.0
 
@@ -87,8 +91,10 @@ def test_junk_bodies_do_not_stall_other_clients(api: RunningApi) -> None:
             sender.start()
         try:
             time.sleep(0.5)  # the junk is on its way
-            deadline = time.monotonic() + PROBE_SECONDS
-            while time.monotonic() < deadline:
+            deadline = time.monotonic() + PROBE_CAP_SECONDS
+            while len(latencies["/SendEvent"]) < SAMPLES:
+                answered = len(latencies["/SendEvent"])
+                assert time.monotonic() < deadline, f"{answered} answers in {PROBE_CAP_SECONDS:g} s"
                 for path, probe in probes.items():
                     started = time.perf_counter()
                     response = probe()
@@ -102,7 +108,6 @@ def test_junk_bodies_do_not_stall_other_clients(api: RunningApi) -> None:
 
     assert junk_answers and set(junk_answers) == {422}, junk_answers
     for path, measured in latencies.items():
-        assert len(measured) >= MIN_SAMPLES, f"{path}: {len(measured)} answers in {PROBE_SECONDS} s"
         p99 = percentile(measured, 0.99)
         assert p99 <= P99_BOUND_SECONDS, f"{path}: p99 {p99 * 1000:.0f} ms under junk"
 
@@ -192,3 +197,23 @@ def test_stopping_waits_for_requests_at_most_the_graceful_time_out(
         api.process.wait(timeout=60)
         took = time.monotonic() - started
     assert took <= settings.api_graceful_shutdown_seconds + SLACK, f"stopped after {took:.1f} s"
+
+
+def test_a_dead_validation_worker_costs_a_503_not_the_service(api: RunningApi) -> None:
+    orders = [{**copy.deepcopy(PURCHASE_EXAMPLE), "OrderId": f"w-{i}"} for i in range(100)]
+    assert len(json.dumps(orders)) > INLINE_BYTES  # validated by a worker
+    workers = [
+        child
+        for child in psutil.Process(api.process.pid).children()
+        if "spawn_main" in " ".join(child.cmdline())
+    ]
+    assert workers
+    for worker in workers:
+        worker.kill()
+    psutil.wait_procs(workers, timeout=10)
+
+    first = httpx.post(f"{api.url}/PurchasedItems", json=orders, timeout=30)
+    assert first.status_code in (200, 503), first.text
+    if first.status_code == 503:
+        assert first.headers["Retry-After"].isdigit()
+    assert httpx.post(f"{api.url}/PurchasedItems", json=orders, timeout=30).status_code == 200
