@@ -47,8 +47,8 @@ is down or slow the answer is 503 with `Retry-After`; records of that request ma
 stored, so retrying is safe but may store an order twice (`OrderId` identifies it).
 
 **Refusals** are all-or-nothing and share one shape, `{{"detail": ..., "errors": [...]}}`:
-415 not JSON, 413 too large, 400 broken JSON, 422 a record breaks the contract (each invalid
-field with its path and the reason).
+415 not JSON, 413 too large, 408 body too slow, 400 broken JSON, 422 a record breaks the
+contract (each invalid field with its path and the reason; the first 100 are listed).
 
 **Record contract** (from `app/schemas.py`):
 

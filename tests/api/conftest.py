@@ -2,6 +2,8 @@
 
 The app runs in-process (Starlette's TestClient drives its lifespan, so the real confluent-kafka
 producer starts and stops with it) against the lab's Kafka, on topics of the test module's own.
+`running_api` serves it as the lab does instead (uvicorn in its own process), for what only the
+server does: time-outs, the connection limit, stopping.
 """
 
 from __future__ import annotations

@@ -217,3 +217,27 @@ def test_a_dead_validation_worker_costs_a_503_not_the_service(api: RunningApi) -
     if first.status_code == 503:
         assert first.headers["Retry-After"].isdigit()
     assert httpx.post(f"{api.url}/PurchasedItems", json=orders, timeout=30).status_code == 200
+
+
+def test_large_bodies_are_refused_like_small_ones(api: RunningApi) -> None:
+    """Bodies over INLINE_BYTES are validated by a worker process; the answers are the same."""
+    max_batch = api.settings.api_max_batch
+    orders = [{**copy.deepcopy(PURCHASE_EXAMPLE), "OrderId": f"r-{i}"} for i in range(max_batch)]
+    orders[-1]["PaymentType"] = "Bitcoin"
+    invalid = httpx.post(f"{api.url}/PurchasedItems", json=orders, timeout=30)
+    assert invalid.status_code == 422, invalid.text
+    assert [e["field"] for e in invalid.json()["errors"]] == [f"[{max_batch - 1}].PaymentType"]
+
+    too_many = [*orders, {**orders[0], "OrderId": "one-too-many"}]
+    refused = httpx.post(f"{api.url}/PurchasedItems", json=too_many, timeout=30)
+    assert refused.status_code == 413 and f"at most {max_batch}" in refused.json()["detail"]
+
+    broken = json.dumps(orders).encode()[:-1]
+    assert len(broken) > INLINE_BYTES
+    response = httpx.post(
+        f"{api.url}/PurchasedItems",
+        content=broken,
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 400 and "not valid JSON" in response.json()["detail"]
