@@ -59,7 +59,6 @@ class ObjectStore(LocalService):
             return Launch(
                 argv=[self.minio, "server", str(self.data_dir), "--address", f"{HOST}:{self.port}"],
                 env={"MINIO_ROOT_USER": s.s3_access_key, "MINIO_ROOT_PASSWORD": s.s3_secret_key},
-                marker=str(self.data_dir),
             )
         return Launch(
             argv=[
@@ -76,7 +75,6 @@ class ObjectStore(LocalService):
             ],
             # Credentials through the environment keep them out of `ps` output.
             env={"ROOT_ACCESS_KEY": s.s3_access_key, "ROOT_SECRET_KEY": s.s3_secret_key},
-            marker=str(self.data_dir),
         )
 
     def ready(self) -> bool:
