@@ -99,7 +99,10 @@ class Settings(BaseSettings):
     spark_master: str = "local[*]"
     spark_trigger_interval: str = "30 seconds"
     spark_max_offsets_per_trigger: int = Field(default=200_000, ge=1)
+    # Empty: next to the lake, in the bucket (see `checkpoint_dir`). An `s3a://` URL or a path.
     spark_checkpoint_dir: str = ""
+    # A stream's claim on an S3 checkpoint lapses this long after its last renewal.
+    spark_writer_lease_seconds: float = Field(default=60.0, ge=5)
     spark_driver_memory: str = "1g"
 
     @field_validator("s3_purchases_prefix", "s3_quarantine_prefix")
@@ -135,7 +138,9 @@ class Settings(BaseSettings):
 
     @property
     def checkpoint_dir(self) -> str:
-        return self.spark_checkpoint_dir or str(self.lab_home / "spark" / "checkpoints")
+        """Where the stream's checkpoints live: by default in the lake's bucket, so the
+        checkpoint and the sink log it must agree with are kept (and lost) together."""
+        return self.spark_checkpoint_dir or f"s3a://{self.s3_bucket}/checkpoints"
 
     def as_environment(self) -> dict[str, str]:
         """These settings as environment variables: a child process rebuilds the same Settings."""

@@ -28,8 +28,8 @@ from psycopg2 import sql
 
 from app.analysis.repeat_store import connect
 from app.core.config import ROOT, Settings
+from app.lake.sink_log import committed_files
 from app.lake.storage import s3_filesystem
-from app.lake.stream import committed_files
 from app.pipeline.store import EventStore, mongo_client
 from tests.conftest import make_isolated_settings
 

@@ -14,8 +14,8 @@ from pyspark.sql import functions as F
 
 from app.core.config import Settings
 from app.lake.schema import PURCHASE_STRUCT
+from app.lake.sink_log import committed_files
 from app.lake.storage import s3_filesystem
-from app.lake.stream import committed_files
 from app.schemas import PaymentType, Purchase, PurchasedProduct, format_timestamp, order_total
 
 ORDER_FIELDS = [field.name for field in PURCHASE_STRUCT.fields]

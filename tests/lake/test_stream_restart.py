@@ -13,7 +13,7 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 
 from app.core.config import ROOT, Settings
-from app.lake.stream import sinks
+from app.lake.queries import sinks
 from tests.lake.helpers import arrow_orders, arrow_rows, make_orders, produce_orders, wait_for
 
 SCRIPT = ROOT / "spark" / "stream_purchases.py"
