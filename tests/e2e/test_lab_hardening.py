@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import psutil
@@ -120,6 +121,8 @@ def _lab_settings(base: Settings, tag: str, home: Path) -> Settings:
             "api_port": free_port(),
             "airflow_port": free_port(),
             "postgres_airflow_database": f"airflow_test_{tag}",
+            # Long and unique, so the test below can look for it in the output.
+            "airflow_admin_password": f"admin-password-{tag}",
             "generator_users_per_second": 5,
             "spark_trigger_interval": "5 seconds",
         }
@@ -253,6 +256,14 @@ def test_every_listening_socket_of_the_running_lab_is_on_loopback(lab: RunningLa
     assert expected <= ports, f"missing listeners {expected - ports} in {sockets}"
     exposed = [entry for entry in sockets if not _is_loopback(entry[1])]
     assert not exposed, "listening beyond loopback:\n" + "\n".join(map(str, exposed))
+
+
+def test_no_password_reaches_the_lab_output(lab: RunningLab) -> None:
+    output = lab.log.read_text(errors="replace")
+    s = lab.settings
+    assert "password in " in output, "Airflow's line should say where its password is"
+    assert s.airflow_admin_password not in output
+    assert f":{quote(s.postgres_password)}@" not in output, "a PostgreSQL URL with its password"
 
 
 def test_a_kafka_restart_stops_no_process_and_records_flow_again(lab: RunningLab) -> None:
