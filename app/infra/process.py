@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
+import psutil  # type: ignore[import-untyped]  # no stubs installed
 
 # create_time() is rounded differently by platforms; a reused pid starts seconds apart at least.
 START_TIME_TOLERANCE = 0.05
