@@ -50,7 +50,6 @@ PROCFILE_PROCESSES = {
     "airflow": "app.airflow_runner",
     "spark": "stream_purchases.py",
 }
-OUTAGE_SECONDS = 20
 
 
 @dataclass
@@ -266,21 +265,24 @@ def test_no_password_reaches_the_lab_output(lab: RunningLab) -> None:
     assert f":{quote(s.postgres_password)}@" not in output, "a PostgreSQL URL with its password"
 
 
-def test_a_kafka_restart_stops_no_process_and_records_flow_again(lab: RunningLab) -> None:
-    s = lab.settings
+def _restart(lab: RunningLab, service: LocalService, outage: float) -> None:
+    """Stop `service` for `outage` seconds, start it again; every Procfile process lives on."""
     before = _procfile_processes(lab)
     assert set(before) == set(PROCFILE_PROCESSES), f"running: {sorted(before)}\n{_tail(lab)}"
-
-    lab.broker.stop()
-    time.sleep(OUTAGE_SECONDS)
-    lab.broker.start()
-
+    service.stop()
+    time.sleep(outage)
+    service.start()
     # The same processes (pid and start time), not replacements.
     assert lab.honcho.poll() is None, f"honcho stopped the lab:\n{_tail(lab)}"
     after = _procfile_processes(lab)
     for name, process in before.items():
         assert name in after and after[name].pid == process.pid, f"{name} did not survive"
         assert after[name].create_time() == process.create_time()
+
+
+def test_a_kafka_restart_stops_no_process_and_records_flow_again(lab: RunningLab) -> None:
+    s = lab.settings
+    _restart(lab, lab.broker, outage=20)
 
     events_mark = _end_offsets(s, s.topic_user_events)
     orders_mark = _end_offsets(s, s.topic_purchased_item)
@@ -293,3 +295,11 @@ def test_a_kafka_restart_stops_no_process_and_records_flow_again(lab: RunningLab
     # ...and the stream writes orders sent after the restart (exactly once, same argument).
     _wait_for(lambda: _lake_rows(s) > orders_mark, "new orders in the lake", 300, lab)
     assert set(_procfile_processes(lab)) == set(PROCFILE_PROCESSES), _tail(lab)
+
+
+@pytest.mark.parametrize("name", ["postgres", "mongo", "s3"])
+def test_a_restart_of_another_service_stops_no_process(lab: RunningLab, name: str) -> None:
+    (service,) = [service for service in local_services(lab.services) if service.name == name]
+    _restart(lab, service, outage=10)
+    # Airflow keeps its state in PostgreSQL: its components come back by themselves.
+    _wait_for(lambda: _airflow_healthy(lab.settings), "Airflow healthy again", 300, lab)
