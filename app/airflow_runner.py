@@ -6,7 +6,7 @@ own children, because standalone cannot be told two things the lab needs:
   8793/8794, the host is not configurable). Logs are local files the API server reads itself,
   so the components run with `--skip-serve-logs` and only the UI/API port listens (loopback).
 - a component that exits (PostgreSQL restarted under the scheduler, say) is started again with
-  backoff, saying so once, instead of the lab carrying on without it; this process stays up, so
+  backoff, saying so, instead of the lab carrying on without it; this process stays up, so
   honcho keeps the rest of the lab running.
 
 - `AIRFLOW_HOME` is `<lab_home>/airflow` (git-ignored); the DAGs folder is this repository's
@@ -142,8 +142,12 @@ def dags_test(settings: Settings, timeout: float = 600) -> subprocess.CompletedP
     return process
 
 
-def run_components(environment: dict[str, str]) -> None:
-    """Run every component until SIGTERM/SIGINT; start again any that exits, with backoff."""
+def run_components(
+    environment: dict[str, str], components: dict[str, list[str]] | None = None
+) -> None:
+    """Run `components` (name: command line; Airflow's COMPONENTS by default) until SIGTERM or
+    SIGINT; start again any that exits, after 1, 2, 4... up to MAX_BACKOFF_SECONDS."""
+    components = components or {name: [str(AIRFLOW), *args] for name, args in COMPONENTS.items()}
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
@@ -153,12 +157,12 @@ def run_components(environment: dict[str, str]) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     running: dict[str, subprocess.Popen[bytes]] = {}
-    restarts = dict.fromkeys(COMPONENTS, 0)
-    due = dict.fromkeys(COMPONENTS, 0.0)
+    restarts = dict.fromkeys(components, 0)
+    due = dict.fromkeys(components, 0.0)
     started_at: dict[str, float] = {}
     while not stopping:
         now = time.monotonic()
-        for name, args in COMPONENTS.items():
+        for name, argv in components.items():
             process = running.get(name)
             if process is not None and process.poll() is not None:
                 del running[name]
@@ -174,7 +178,7 @@ def run_components(environment: dict[str, str]) -> None:
                     flush=True,
                 )
             if name not in running and now >= due[name]:
-                running[name] = subprocess.Popen([str(AIRFLOW), *args], env=environment, cwd=ROOT)
+                running[name] = subprocess.Popen(argv, env=environment, cwd=ROOT)
                 started_at[name] = now
         time.sleep(1)
     for process in running.values():
