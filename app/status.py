@@ -61,8 +61,8 @@ def lake_orders(settings: Settings) -> list[str]:
     import pyarrow.parquet as pq
 
     from app.analysis.conflicts import ORDER_FIELDS, conflicting_orders
+    from app.lake.sink_log import committed_files
     from app.lake.storage import s3_filesystem
-    from app.lake.stream import committed_files
 
     files = committed_files(settings, settings.purchases_url)
     if not files:

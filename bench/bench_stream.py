@@ -55,10 +55,11 @@ from pyspark.sql import functions as F
 
 from app.core.config import Settings, get_settings
 from app.core.kafka import admin_client, ensure_topics
+from app.lake.queries import kafka_messages, sinks, start_queries
 from app.lake.schema import PARTITION_COLUMN
+from app.lake.sink_log import committed_files
 from app.lake.spark import build_spark_session
 from app.lake.storage import ensure_bucket, s3_filesystem
-from app.lake.stream import committed_files, kafka_messages, sinks, start_queries
 from app.schemas import PaymentType, Purchase, PurchasedProduct, order_total
 
 MASTER = "local[2]"

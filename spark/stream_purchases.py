@@ -5,7 +5,7 @@
     .venv/bin/python spark/stream_purchases.py --master spark://host:7077
 
 Topic, bucket, prefixes, checkpoint, trigger interval and batch size come from the settings
-(`.env` / environment). The queries are in `app/lake/stream.py`.
+(`.env` / environment). The job is `app/lake/stream.py`; its queries are in `app/lake/queries.py`.
 """
 
 from __future__ import annotations

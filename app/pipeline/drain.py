@@ -35,6 +35,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -47,6 +48,7 @@ from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
 from app.core.config import Settings
+from app.core.errors import LabError
 from app.core.kafka import topic_id as current_topic_id
 from app.pipeline.store import Document, EventStore, mongo_client
 from app.schemas import UserEvent, parse_json_object
@@ -56,7 +58,7 @@ log = logging.getLogger(__name__)
 POLL_TIMEOUT_MS = 500
 
 
-class DrainError(RuntimeError):
+class DrainError(LabError):
     """The drain stopped; the message says what happened and what to do."""
 
 
@@ -172,12 +174,22 @@ def prepare_batch(records: Iterable[ConsumerRecord], topic_id: str | None) -> Ba
         batch.commit[TopicPartition(record.topic, record.partition)] = record.offset + 1
         batch.first_offsets.setdefault(record.partition, record.offset)
         try:
-            event = UserEvent.model_validate(parse_json_object(record.value))
+            event = parse_event(record.value)
         except ValueError as error:
             batch.quarantine.append(quarantine_document(record, invalid_reason(error), topic_id))
             continue
         batch.events.append(event_document(event, record, topic_id))
     return batch
+
+
+def parse_event(raw: bytes | None) -> UserEvent:
+    """The event a Kafka value holds, or ValueError saying why it is not one."""
+    try:
+        # Parsing and validating in one step (pydantic's JSON parser) is the fast, common path.
+        return UserEvent.model_validate_json(raw or b"")
+    except ValidationError:
+        # The slow path only words the reason: not JSON, not an object, or which field is wrong.
+        return UserEvent.model_validate(parse_json_object(raw))
 
 
 def same_delivery(stored: Document, document: Document) -> bool:
@@ -379,6 +391,30 @@ def _topic_incarnation(store: EventStore, settings: Settings) -> tuple[str, bool
     return now, known is not None and known != now
 
 
+def _finish(
+    consumer: KafkaConsumer, batch: Batch, storing: Future[Stored], summary: DrainSummary
+) -> None:
+    """Wait for a batch's store, commit its offsets, and add it to the summary."""
+    stored = storing.result()
+    _commit(consumer, batch.commit)
+    summary.stored += stored.new
+    summary.already_stored += stored.read_again
+    summary.duplicates += stored.duplicates
+    summary.quarantined += len(batch.quarantine)
+    summary.batches += 1
+    log.info(
+        "batch %d: %d messages, %d new events, %d read again, %d duplicate deliveries, "
+        "%d quarantined; committed %s",
+        summary.batches,
+        len(batch.events) + len(batch.quarantine),
+        stored.new,
+        stored.read_again,
+        stored.duplicates,
+        len(batch.quarantine),
+        {tp.partition: offset for tp, offset in sorted(batch.commit.items())},
+    )
+
+
 def _drain(consumer: KafkaConsumer, store: EventStore, settings: Settings) -> DrainSummary:
     topic = settings.topic_user_events
     if not consumer.partitions_for_topic(topic):
@@ -393,58 +429,51 @@ def _drain(consumer: KafkaConsumer, store: EventStore, settings: Settings) -> Dr
     started = time.monotonic()
     # End offset of each partition when it was first assigned: the run stops there.
     marks: dict[TopicPartition, int] = {}
-
-    while True:
-        if assignments.fresh:
-            fresh, assignments.fresh = assignments.fresh, []
-            _take_bounds(consumer, fresh, recreated, marks, summary)
-            consumer.resume(*fresh)
-        assigned = consumer.assignment()
-        waiting = {tp: marks[tp] - consumer.position(tp) for tp in assigned if tp in marks}
-        waiting = {tp: count for tp, count in waiting.items() if count > 0}
-        summary.left = sum(waiting.values())
-        if assigned and not waiting:
-            summary.stopped = "caught up"
-            break
-        if summary.consumed >= settings.drain_max_records:
-            summary.stopped = f"record cap ({settings.drain_max_records})"
-            break
-        if time.monotonic() - started >= settings.drain_max_seconds:
-            summary.stopped = f"time cap ({settings.drain_max_seconds:g} s)"
-            break
-        # A partition past its mark is paused so its new messages are not even fetched.
-        consumer.pause(*(tp for tp in assigned if tp not in waiting))
-        polled = consumer.poll(
-            timeout_ms=POLL_TIMEOUT_MS,
-            max_records=min(
-                settings.drain_batch_size, settings.drain_max_records - summary.consumed
-            ),
-        )
-        records = [
-            record for tp, part in polled.items() for record in part if record.offset < marks[tp]
-        ]
-        if not records:
-            continue
-        batch = prepare_batch(records, topic_id)
-        stored = _store(store, batch, settings)
-        _commit(consumer, batch.commit)
-        summary.consumed += len(records)
-        summary.stored += stored.new
-        summary.already_stored += stored.read_again
-        summary.duplicates += stored.duplicates
-        summary.quarantined += len(batch.quarantine)
-        summary.batches += 1
-        log.info(
-            "batch %d: %d messages, %d new events, %d read again, %d duplicate deliveries, "
-            "%d quarantined; committed %s",
-            summary.batches,
-            len(records),
-            stored.new,
-            stored.read_again,
-            stored.duplicates,
-            len(batch.quarantine),
-            {tp.partition: offset for tp, offset in sorted(batch.commit.items())},
-        )
+    # One batch is stored on a worker thread (MongoDB's time is spent waiting on a socket) while
+    # the next is fetched and validated; each batch is committed after its own store, in order.
+    in_flight: tuple[Batch, Future[Stored]] | None = None
+    with ThreadPoolExecutor(1, thread_name_prefix="drain-store") as worker:
+        while True:
+            if assignments.fresh:
+                fresh, assignments.fresh = assignments.fresh, []
+                _take_bounds(consumer, fresh, recreated, marks, summary)
+                consumer.resume(*fresh)
+            assigned = consumer.assignment()
+            waiting = {tp: marks[tp] - consumer.position(tp) for tp in assigned if tp in marks}
+            waiting = {tp: count for tp, count in waiting.items() if count > 0}
+            summary.left = sum(waiting.values())
+            if assigned and not waiting:
+                summary.stopped = "caught up"
+                break
+            if summary.consumed >= settings.drain_max_records:
+                summary.stopped = f"record cap ({settings.drain_max_records})"
+                break
+            if time.monotonic() - started >= settings.drain_max_seconds:
+                summary.stopped = f"time cap ({settings.drain_max_seconds:g} s)"
+                break
+            # A partition past its mark is paused so its new messages are not even fetched.
+            consumer.pause(*(tp for tp in assigned if tp not in waiting))
+            polled = consumer.poll(
+                timeout_ms=POLL_TIMEOUT_MS,
+                max_records=min(
+                    settings.drain_batch_size, settings.drain_max_records - summary.consumed
+                ),
+            )
+            records = [
+                record
+                for tp, part in polled.items()
+                for record in part
+                if record.offset < marks[tp]
+            ]
+            if not records:
+                continue
+            summary.consumed += len(records)
+            batch = prepare_batch(records, topic_id)
+            if in_flight is not None:
+                _finish(consumer, *in_flight, summary)
+            in_flight = (batch, worker.submit(_store, store, batch, settings))
+        if in_flight is not None:
+            _finish(consumer, *in_flight, summary)
     # Only a finished run moves the remembered id: a run cut short after a reset is re-read
     # from the start next time, which the fingerprints and the counting marks make harmless.
     try:

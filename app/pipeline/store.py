@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ASCENDING, MongoClient
+from pymongo import ASCENDING, MongoClient, UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
@@ -21,6 +21,9 @@ from app.core.config import Settings
 Document = dict[str, Any]
 
 DUPLICATE_KEY = 11000
+# Updates per `update` command. Unpatched FerretDB 1.24 holds a connection per matched statement
+# until the command ends, and hangs once its pool (100) is exhausted; see infra/ferretdb/build.sh.
+UPDATES_PER_COMMAND = 50
 
 
 def mongo_client(settings: Settings, timeout_ms: int = 5000) -> MongoClient[Document]:
@@ -81,14 +84,39 @@ class EventStore:
         collection: Collection[Document], ids: Iterable[str], fields: Sequence[str] = ()
     ) -> dict[str, Document]:
         """The stored documents among `ids`, by `_id` (only `fields` when given)."""
-        # One lookup per id: the stand-in answers `$in` with a scan of the whole collection.
+        wanted = sorted(set(ids))
+        if not wanted:
+            return {}
         projection = dict.fromkeys(fields, 1) if fields else None
-        found = (collection.find_one({"_id": key}, projection) for key in sorted(set(ids)))
+        # One lookup per id: the stand-in answers `$in` (and even a count) by reading every
+        # document, so the cost would follow the collection instead of the batch.
+        found = (collection.find_one({"_id": key}, projection) for key in wanted)
         return {document["_id"]: document for document in found if document is not None}
+
+    def write_counts(self, documents: Sequence[Document], existing: set[str]) -> None:
+        """Store counts documents whole: the ones whose `_id` is not in `existing` with one
+        `insert_many`, the others each with one atomic single-document update."""
+        new = [document for document in documents if document["_id"] not in existing]
+        if new:
+            self.counts.insert_many(new, ordered=False)
+        updates = [
+            UpdateOne(
+                {"_id": document["_id"]},
+                {"$set": {k: v for k, v in document.items() if k != "_id"}},
+                upsert=True,
+            )
+            for document in documents
+            if document["_id"] in existing
+        ]
+        for start in range(0, len(updates), UPDATES_PER_COMMAND):
+            self.counts.bulk_write(updates[start : start + UPDATES_PER_COMMAND], ordered=False)
 
     def pending_batches(self) -> Iterable[Document]:
         """Every pending batch, in `_id` order (per partition, by first offset)."""
         return self.pending.find().sort("_id", 1)
+
+    def drop_pending(self, batch: Document) -> None:
+        self.pending.delete_one({"_id": batch["_id"]})
 
     def known_topic_id(self, topic: str) -> str | None:
         """The id of `topic` when the drain last finished a run, if it recorded one."""

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from app.console.lake import BestSellers, spark_reading
+from app.console.lake import BestSellers
 from app.console.probes import (
     Reading,
     api_reading,
@@ -26,6 +26,7 @@ from app.console.probes import (
     postgres_reading,
 )
 from app.console.sampler import Probe, Sampler
+from app.console.spark import spark_reading, stream_job_running
 from app.core.config import Settings
 from app.lake.storage import s3_filesystem
 from tests.support import free_port
@@ -80,6 +81,24 @@ def test_spark_is_down_unless_a_job_holds_the_checkpoint(checkpoint_settings: Se
     with lock.open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert spark_reading(checkpoint_settings).down is None
+
+
+def test_a_stream_on_s3_is_running_while_its_lease_is_fresh(isolated_settings: Settings) -> None:
+    checkpoint = f"s3a://{isolated_settings.s3_bucket}/{isolated_settings.s3_purchases_prefix}cp"
+    settings = isolated_settings.model_copy(update={"spark_checkpoint_dir": checkpoint})
+    fs = s3_filesystem(settings)
+    lease = f"{checkpoint.removeprefix('s3a://')}/writer.lease"
+    assert stream_job_running(settings) is False
+
+    fs.pipe_file(lease, b"{}")  # what a running job keeps renewing
+    try:
+        assert stream_job_running(settings) is True
+        assert spark_reading(settings).down is None
+        # A lease older than its time-out (the server's Date may lag Last-Modified by 1 s).
+        stale = settings.model_copy(update={"spark_writer_lease_seconds": -5})
+        assert stream_job_running(stale) is False
+    finally:
+        fs.rm(lease)
 
 
 def _write_committed(settings: Settings, batch: int, orders: list[dict[str, object]]) -> None:

@@ -30,8 +30,8 @@ from app.analysis.repeat_store import connect, ensure_schema, replace_repeat_pur
 from app.api.main import create_app
 from app.api.routes import EVENT_EXAMPLE, PURCHASE_EXAMPLE
 from app.core.config import Settings, get_settings
+from app.lake.queries import start_queries
 from app.lake.spark import build_spark_session
-from app.lake.stream import start_queries
 from app.pipeline.counts import refresh_event_counts
 from app.pipeline.drain import drain_user_events
 from app.pipeline.store import EventStore, mongo_client

@@ -17,14 +17,9 @@ import pytest
 from pydantic import Field
 from pyspark.sql import SparkSession
 
+from app.lake.parse import parse_purchases, quarantined_purchases, valid_purchases
+from app.lake.rules import PURCHASE_RULES, record_rules
 from app.lake.schema import PURCHASE_ROW, QUARANTINE_ROW
-from app.lake.stream import (
-    PURCHASE_RULES,
-    parse_purchases,
-    quarantined_purchases,
-    record_rules,
-    valid_purchases,
-)
 from app.schemas import Purchase, PurchasedProduct, Record
 from tests.lake.helpers import make_orders, spark_orders
 

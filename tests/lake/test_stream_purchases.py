@@ -10,7 +10,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from app.core.config import Settings
-from app.lake.stream import start_queries, stop_queries
+from app.lake.queries import start_queries, stop_queries
 from tests.lake.helpers import (
     arrow_orders,
     arrow_rows,
