@@ -108,22 +108,23 @@ class AirflowClient:
         token: str = response.json()["access_token"]
         return token
 
+    def _get(self, path: str, params: dict[str, Any]) -> httpx.Response:
+        if self.token is None:
+            self.token = self._login()
+        return self.client.get(
+            f"{self.settings.airflow_url}/api/v2{path}",
+            params=params,
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=3,
+        )
+
     def get(self, path: str, **params: Any) -> Any:
-        for attempt in range(2):
-            if self.token is None:
-                self.token = self._login()
-            response = self.client.get(
-                f"{self.settings.airflow_url}/api/v2{path}",
-                params=params,
-                headers={"Authorization": f"Bearer {self.token}"},
-                timeout=3,
-            )
-            if response.status_code == 401 and attempt == 0:
-                self.token = None  # expired: log in once more
-                continue
-            response.raise_for_status()
-            return response.json()
-        raise AssertionError("unreachable")
+        response = self._get(path, params)
+        if response.status_code == 401:  # the token expired: log in once more
+            self.token = None
+            response = self._get(path, params)
+        response.raise_for_status()
+        return response.json()
 
 
 def airflow_reading(settings: Settings, airflow: AirflowClient) -> Reading:
