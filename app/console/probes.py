@@ -120,7 +120,9 @@ class AirflowClient:
 
     def get(self, path: str, **params: Any) -> Any:
         response = self._get(path, params)
-        if response.status_code == 401:  # the token expired: log in once more
+        # 401: the token expired; 403: Airflow no longer knows it (restarted with a new JWT
+        # secret). Either way one new login, and a second refusal is the answer.
+        if response.status_code in (401, 403):
             self.token = None
             response = self._get(path, params)
         response.raise_for_status()
