@@ -28,9 +28,7 @@ import httpx
 import psutil
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from psycopg2 import sql
 
-from app.analysis.repeat_store import connect
 from app.core.config import ROOT, Settings
 from app.infra.process import running_pid
 from app.infra.services import LocalService, local_services
@@ -119,7 +117,6 @@ def _lab_settings(base: Settings, tag: str, home: Path) -> Settings:
             "lab_home": home,
             "api_port": free_port(),
             "airflow_port": free_port(),
-            "postgres_airflow_database": f"airflow_test_{tag}",
             # Long and unique, so the test below can look for it in the output.
             "airflow_admin_password": f"admin-password-{tag}",
             "generator_users_per_second": 5,
@@ -158,7 +155,6 @@ def lab(lab_services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
             yield running
         finally:
             _stop_honcho(honcho)
-            _drop_airflow_database(settings)
             remove_isolated(settings)
             shutil.rmtree(home / "airflow", ignore_errors=True)
 
@@ -176,20 +172,6 @@ def _stop_honcho(honcho: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(honcho.pid, signal.SIGKILL)
             honcho.wait(10)
-
-
-def _drop_airflow_database(settings: Settings) -> None:
-    conn = connect(settings, "postgres")
-    conn.autocommit = True  # DROP DATABASE cannot run inside a transaction
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(settings.postgres_airflow_database)
-                )
-            )
-    finally:
-        conn.close()
 
 
 def _procfile_processes(lab: RunningLab) -> dict[str, psutil.Process]:
