@@ -27,7 +27,7 @@ from urllib.parse import quote
 import httpx
 import psutil
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from app.core.config import ROOT, Settings
 from app.infra.process import running_pid
@@ -69,6 +69,18 @@ def _wait_for(check: Callable[[], bool], what: str, timeout: float, lab: Running
         assert lab.honcho.poll() is None, f"honcho exited while waiting for {what}:\n{_tail(lab)}"
         assert time.monotonic() < deadline, f"{what} not seen within {timeout:.0f} s:\n{_tail(lab)}"
         time.sleep(2)
+
+
+def _first_answer(read: Callable[[], int], lab: RunningLab, timeout: float = 60) -> int:
+    """`read()`, asked again while the broker answers with errors."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return read()
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
 
 
 def _tail(lab: RunningLab, lines: int = 60) -> str:
@@ -266,8 +278,9 @@ def test_a_kafka_restart_stops_no_process_and_records_flow_again(lab: RunningLab
     s = lab.settings
     _restart(lab, lab.broker, outage=20)
 
-    events_mark = _end_offsets(s, s.topic_user_events)
-    orders_mark = _end_offsets(s, s.topic_purchased_item)
+    # A restarted broker answers metadata before it leads its partitions again.
+    events_mark = _first_answer(lambda: _end_offsets(s, s.topic_user_events), lab)
+    orders_mark = _first_answer(lambda: _end_offsets(s, s.topic_purchased_item), lab)
     # The generator's records reach Kafka through the API again...
     _wait_for(lambda: _end_offsets(s, s.topic_user_events) > events_mark, "new events", 120, lab)
     _wait_for(lambda: _end_offsets(s, s.topic_purchased_item) > orders_mark, "new orders", 120, lab)
