@@ -67,15 +67,22 @@ def _start_time(pid: int) -> float | None:
 def running_pid(files: ProcessFiles) -> int | None:
     """The pid of the lab's process if it is alive and still the one the lab started."""
     try:
-        pid_text, started_text = files.pid.read_text().split()[:2]
-        pid, started = int(pid_text), float(started_text)
+        pid_text, _, recorded = files.pid.read_text().partition("\n")
+        pid = int(pid_text)
     except (OSError, ValueError):
         return None
     try:
         process = psutil.Process(pid)
-        # The same pid with another start time is another process that reused the number.
-        if abs(process.create_time() - started) > START_TIME_TOLERANCE:
-            return None
+        try:
+            started = float(recorded)
+        except ValueError:
+            # A pid file of an older lab: the pid and a word of the command line it started.
+            if not recorded.strip() or recorded.strip() not in " ".join(process.cmdline()):
+                return None
+        else:
+            # The same pid with another start time is another process that reused the number.
+            if abs(process.create_time() - started) > START_TIME_TOLERANCE:
+                return None
         # A zombie (exited, not yet reaped) counts as gone.
         if process.status() == psutil.STATUS_ZOMBIE:
             return None

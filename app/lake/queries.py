@@ -59,6 +59,7 @@ def kafka_messages(spark: SparkSession, settings: Settings) -> DataFrame:
         "spark.sql.streaming.disabledV2MicroBatchReaders",
         "org.apache.spark.sql.kafka010.KafkaSourceProvider",
     )
+    timeout_ms = str(int(settings.spark_kafka_timeout_seconds * 1000))
     return (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
@@ -69,6 +70,10 @@ def kafka_messages(spark: SparkSession, settings: Settings) -> DataFrame:
         # Offsets the checkpoint expects but Kafka no longer has (retention, a re-created
         # topic) are lost orders: stop and say so instead of skipping them.
         .option("failOnDataLoss", "true")
+        # Bounds each wait for Kafka, so an outage fails the query (which the stream restarts
+        # once Kafka is back) rather than hanging it in a call to a broker that is gone.
+        .option("kafka.default.api.timeout.ms", timeout_ms)
+        .option("kafka.request.timeout.ms", timeout_ms)
         .load()
     )
 

@@ -35,6 +35,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Waits between tries while a service is away: short at first, then at most a minute.
 BACKOFF_SECONDS = (1, 2, 4, 8, 15, 30, 60)
 PROBE_TIMEOUT_SECONDS = 3.0
+PROBE_EVERY_SECONDS = 5.0
 # How a failure caused by a service that does not answer reads (Java and Python clients).
 UNREACHABLE_SIGNS = (
     "Connection refused",
@@ -159,9 +160,18 @@ def _stream_session(settings: Settings, master: str | None) -> SparkSession:
     # with Python, when its stdin closes.
     previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        return build_spark_session(settings, "purchases-stream", kafka=True, master=master, ui=True)
+        spark = build_spark_session(
+            settings, "purchases-stream", kafka=True, master=master, ui=True
+        )
     finally:
         signal.signal(signal.SIGTERM, previous)
+    # While Kafka is away its client warns twice a second per connection; the stream says it
+    # once itself (`OutageReport`).
+    log4j = spark.sparkContext._jvm.org.apache.logging.log4j  # type: ignore[union-attr]
+    log4j.core.config.Configurator.setLevel(
+        "org.apache.kafka.clients.NetworkClient", log4j.Level.ERROR
+    )
+    return spark
 
 
 def _report_progress(queries: list[StreamingQuery], seen: dict[str, int], log: Log) -> None:
@@ -224,6 +234,8 @@ def run_stream(
     lock = writer_lock(settings)
     lock.acquire()
     try:
+        # Before the JVM starts: a refusal takes a second, not half a minute.
+        prepare_sinks(settings, log)
         spark = _stream_session(settings, master)
         try:
             with _stop_requests() as received:
@@ -232,6 +244,41 @@ def run_stream(
             spark.stop()
     finally:
         lock.release()
+
+
+class OutageReport:
+    """Says once when a service stops answering, once when that stops the queries, and once
+    when every service answers again, however many probes and restarts happen in between."""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.since: float | None = None
+        self.stopped = False
+
+    def away(self, services: list[str]) -> None:
+        if self.since is not None:
+            return
+        self.since = time.monotonic()
+        self.log(
+            f"{' and '.join(services) or 'Kafka or S3'} does not answer: the stream waits for it "
+            f"(checked every {BACKOFF_SECONDS[0]} to {BACKOFF_SECONDS[-1]} s)"
+        )
+
+    def queries_stopped(self, services: list[str], cause: str) -> None:
+        self.away(services)
+        if not self.stopped:
+            self.stopped = True
+            first = (cause.strip().splitlines() or ["?"])[0][:200]
+            self.log(
+                f"the queries failed while it is away ({first}); they restart from their "
+                "checkpoints once it answers again"
+            )
+
+    def back(self, what: str) -> None:
+        if self.since is None:
+            return
+        self.log(f"Kafka and S3 answer again after {time.monotonic() - self.since:.0f} s: {what}")
+        self.since, self.stopped = None, False
 
 
 def _supervise(
@@ -245,38 +292,28 @@ def _supervise(
     """Start the queries and watch them; after an outage, wait until the services answer and
     start them again. Returns when they finish or a stop is requested."""
     seen: dict[str, int] = {}
-    outage_since: float | None = None
+    outage = OutageReport(log)
+    first = True
     while not received:
         started = _start(spark, settings, lock, available_now, log)
         if isinstance(started, Failure):
             failure: Failure | None = started
         else:
-            if outage_since is None:
+            if first:
                 trigger = "available now" if available_now else settings.spark_trigger_interval
                 log(
                     f"streaming {settings.topic_purchased_item} -> {settings.purchases_url} "
                     f"(quarantine {settings.purchases_quarantine_url}), trigger: {trigger}, "
                     f"checkpoints in {settings.checkpoint_dir}"
                 )
-            else:
-                log(
-                    "Kafka and S3 answer again: the queries restarted from their checkpoints "
-                    f"after {time.monotonic() - outage_since:.0f} s"
-                )
-                outage_since = None
-            failure = _watch(started, settings, lock, log, received, seen)
+                first = False
+            outage.back("the queries restarted from their checkpoints")
+            failure = _watch(started, settings, lock, log, received, seen, outage)
         if failure is None:
             return
         if not is_outage(failure.message, settings):
             raise InfraError(failure.explanation)
-        if outage_since is None:
-            outage_since = time.monotonic()
-            away = " and ".join(unreachable(settings)) or "Kafka or S3"
-            log(
-                f"{away} does not answer ({failure.message.strip().splitlines()[0][:200]}). "
-                "The queries are stopped and restart from their checkpoints once it answers "
-                f"again (checked every {BACKOFF_SECONDS[0]} to {BACKOFF_SECONDS[-1]} s)"
-            )
+        outage.queries_stopped(unreachable(settings), failure.message)
         _wait_for_services(settings, received)
     log(f"signal {signal.Signals(received[0]).name}: stopped")
 
@@ -318,16 +355,26 @@ def _watch(
     log: Log,
     received: list[int],
     seen: dict[str, int],
+    outage: OutageReport,
 ) -> Failure | None:
-    """Report progress and renew the lock until the queries end, fail or a stop is requested;
-    then stop them. None when they ended well or were asked to stop."""
+    """Report progress, watch the services and renew the lock until the queries end, fail or a
+    stop is requested; then stop them. None when they ended well or were asked to stop."""
     failure = None
+    probed = time.monotonic()
     try:
         while not received and any(query.isActive for query in queries):
             _report_progress(queries, seen, log)
             failure = _failure(queries, settings)
             if failure is not None:
                 break
+            if time.monotonic() - probed > PROBE_EVERY_SECONDS:
+                # Spark waits out a short outage inside the batch; say so all the same.
+                away = unreachable(settings)
+                if away:
+                    outage.away(away)
+                else:
+                    outage.back("the queries carried on")
+                probed = time.monotonic()
             try:
                 lock.renew()
             except LeaseUnreachable as exc:

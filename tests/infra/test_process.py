@@ -56,3 +56,21 @@ def test_a_pid_file_without_a_start_time_is_not_trusted(tmp_path: Path) -> None:
     finally:
         bystander.kill()
         bystander.wait(10)
+
+
+def test_a_pid_file_of_an_older_lab_is_trusted_only_with_its_command(tmp_path: Path) -> None:
+    """Older labs wrote the pid and a word of the command line; an upgrade must still find (and
+    be able to stop) the services they started, and nothing else."""
+    files = ProcessFiles("sleeper", tmp_path)
+    service = subprocess.Popen(SLEEPER)
+    try:
+        files.pid.parent.mkdir(parents=True)
+        files.pid.write_text(f"{service.pid}\nsomething-else\n")
+        assert running_pid(files) is None
+        files.pid.write_text(f"{service.pid}\n{sys.executable}\n")
+        assert running_pid(files) == service.pid
+        assert stop_process(files, timeout=10)
+        assert service.wait(10) is not None
+    finally:
+        service.kill()
+        service.wait(10)

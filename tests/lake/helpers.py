@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pyarrow.dataset as ds
@@ -12,13 +16,14 @@ from confluent_kafka import Producer
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from app.core.config import Settings
+from app.core.config import ROOT, Settings
 from app.lake.schema import PURCHASE_STRUCT
 from app.lake.sink_log import committed_files
 from app.lake.storage import s3_filesystem
 from app.schemas import PaymentType, Purchase, PurchasedProduct, format_timestamp, order_total
 
 ORDER_FIELDS = [field.name for field in PURCHASE_STRUCT.fields]
+STREAM_JOB = ROOT / "spark" / "stream_purchases.py"
 
 
 def make_orders(count: int, tag: str = "t") -> list[Purchase]:
@@ -102,8 +107,50 @@ def arrow_orders(settings: Settings) -> list[dict[str, Any]]:
     return [{name: row[name] for name in ORDER_FIELDS} for row in rows]
 
 
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+def folder_order_ids(settings: Settings) -> list[str]:
+    """OrderIds of every Parquet file in the purchases folder, read as a plain reader would
+    (pyarrow lists the folder; it skips `_spark_metadata` but knows nothing of its commits)."""
+    folder = settings.purchases_url.removeprefix("s3a://").rstrip("/")
+    dataset = ds.dataset(
+        folder, filesystem=s3_filesystem(settings), format="parquet", partitioning="hive"
+    )
+    return [str(value) for value in dataset.to_table(columns=["OrderId"]).column("OrderId")]
+
+
+def wait_for(
+    check: Callable[[], bool], what: str, timeout: float = 120.0, every: float = 0.5
+) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
-        time.sleep(0.5)
+        time.sleep(every)
+
+
+def job_environment(settings: Settings) -> dict[str, str]:
+    return {**os.environ, **settings.as_environment()}
+
+
+def start_job(settings: Settings, log: Path, *flags: str) -> subprocess.Popen[bytes]:
+    """`spark/stream_purchases.py` in its own process group, as honcho runs it."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, str(STREAM_JOB), "--master", "local[2]", *flags],
+            env=job_environment(settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def run_job(
+    settings: Settings, *flags: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """The stream job to its end (`--available-now`), its output captured."""
+    return subprocess.run(
+        [sys.executable, str(STREAM_JOB), "--master", "local[2]", "--available-now", *flags],
+        env=job_environment(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

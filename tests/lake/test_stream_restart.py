@@ -1,47 +1,32 @@
 """The Procfile's Spark job as a process: SIGTERM stops it within honcho's grace period, SIGKILL in
-the middle of a micro-batch loses nothing, and after a restart every order is in the lake once."""
+the middle of a micro-batch loses nothing, and after a restart every order is in the lake once,
+for Spark, for readers of the commit log and for a plain reader of the folder alike."""
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from app.core.config import ROOT, Settings
+from app.core.config import Settings
+from app.core.kafka import ensure_topics
 from app.lake.queries import sinks
-from tests.lake.helpers import arrow_orders, arrow_rows, make_orders, produce_orders, wait_for
+from app.lake.sink_log import orphan_files
+from tests.lake.helpers import (
+    arrow_orders,
+    arrow_rows,
+    folder_order_ids,
+    make_orders,
+    produce_orders,
+    run_job,
+    start_job,
+    wait_for,
+)
 
-SCRIPT = ROOT / "spark" / "stream_purchases.py"
-ORDERS = 9_000
-
-
-def _env(settings: Settings) -> dict[str, str]:
-    return {
-        **os.environ,
-        "TOPIC_PURCHASED_ITEM": settings.topic_purchased_item,
-        "S3_PURCHASES_PREFIX": settings.s3_purchases_prefix,
-        "S3_QUARANTINE_PREFIX": settings.s3_quarantine_prefix,
-        "SPARK_CHECKPOINT_DIR": settings.checkpoint_dir,
-        "SPARK_TRIGGER_INTERVAL": settings.spark_trigger_interval,
-        "SPARK_MAX_OFFSETS_PER_TRIGGER": str(settings.spark_max_offsets_per_trigger),
-    }
-
-
-def _job(settings: Settings, log: Path, *flags: str) -> subprocess.Popen[bytes]:
-    """`spark/stream_purchases.py` in its own process group, as honcho runs it."""
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, str(SCRIPT), "--master", "local[2]", *flags],
-            env=_env(settings),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+ORDERS = 20_000
 
 
 def _batches(checkpoint: str, log: str) -> set[int]:
@@ -59,16 +44,31 @@ def _committed(settings: Settings) -> int:
     return len(_batches(sinks(settings)[0].checkpoint, "commits"))
 
 
+def _writing(settings: Settings) -> bool:
+    """A micro-batch is in flight and some of its files are in the folder already."""
+    return _in_flight(settings) and bool(orphan_files(settings, settings.purchases_url))
+
+
 def test_sigterm_then_sigkill_mid_batch_then_restart_keeps_every_order_once(
     spark: SparkSession, stream_settings: Settings, tmp_path: Path
 ) -> None:
-    settings = stream_settings.model_copy(update={"spark_max_offsets_per_trigger": 1000})
+    # Eight partitions on two cores: a micro-batch writes its files in four waves, so there is
+    # time to see some of them land before the batch commits.
+    settings = stream_settings.model_copy(
+        update={
+            "topic_purchased_item": f"{stream_settings.topic_purchased_item}-8",
+            "kafka_partitions": 8,
+            "spark_max_offsets_per_trigger": 4000,
+        }
+    )
+    ensure_topics(settings, [settings.topic_purchased_item])
     log = tmp_path / "stream.log"
     orders = make_orders(ORDERS, "r")
     produce_orders(settings, orders)
 
     # 1. SIGTERM to the whole group, as honcho stops it: exit 0 within honcho's 5 s grace.
-    job = _job(settings, log)
+    # (Small batches here: a stop waits for the tasks of the batch in flight to be killed.)
+    job = start_job(settings.model_copy(update={"spark_max_offsets_per_trigger": 1000}), log)
     wait_for(lambda: _committed(settings) >= 1, "the first committed micro-batch", timeout=240)
     os.killpg(job.pid, signal.SIGTERM)
     signalled = time.monotonic()
@@ -79,51 +79,38 @@ def test_sigterm_then_sigkill_mid_batch_then_restart_keeps_every_order_once(
     assert 0 < len(arrow_orders(settings)) < ORDERS
     resumed_from = _committed(settings)
 
-    # 2. SIGKILL to the group while a micro-batch is being written: no goodbye at all.
-    job = _job(settings, log)
+    # 2. SIGKILL to the group while a micro-batch is writing its files: no goodbye at all.
+    job = start_job(settings, log)
     wait_for(lambda: _committed(settings) > resumed_from, "progress after the restart")
     # Meanwhile a second job on the same checkpoint is refused, not run beside it.
-    second = subprocess.run(
-        [sys.executable, str(SCRIPT), "--available-now"],
-        env=_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    second = run_job(settings)
     assert second.returncode == 1
     assert "Another stream job is running on the checkpoint" in second.stderr
-    wait_for(lambda: _in_flight(settings), "a micro-batch in flight", timeout=60)
+    wait_for(lambda: _writing(settings), "files of a micro-batch in flight", timeout=90, every=0.05)
     os.killpg(job.pid, signal.SIGKILL)
     job.wait(timeout=30)
     assert _in_flight(settings), "the kill should have cut a micro-batch short"
-    assert len(arrow_orders(settings)) < ORDERS
+    cut_short = orphan_files(settings, settings.purchases_url)
+    assert cut_short, "the attempt cut short should have left files in the folder"
+    assert len(folder_order_ids(settings)) > len(arrow_orders(settings))
 
-    # 3. Restart, take everything available, exit.
-    job = _job(settings, log, "--available-now")
+    # 3. Restart, take everything available, exit: the files no commit lists are gone first.
+    job = start_job(settings, log, "--available-now")
     assert job.wait(timeout=600) == 0, log.read_text()[-3000:]
+    assert f"removed {len(cut_short)} file(s) that no commit" in log.read_text()
+    assert orphan_files(settings, settings.purchases_url) == []
 
     lake = spark.read.parquet(settings.purchases_url)
     expected = sorted(order.order_id for order in orders)
     assert sorted(row["OrderId"] for row in lake.select("OrderId").collect()) == expected
     assert sorted(str(row["OrderId"]) for row in arrow_orders(settings)) == expected
+    assert sorted(folder_order_ids(settings)) == expected
     assert arrow_rows(settings, settings.purchases_quarantine_url) == []
 
 
 def test_a_missing_bucket_is_reported_in_one_sentence(stream_settings: Settings) -> None:
     started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--available-now"],
-        env={
-            **os.environ,
-            "TOPIC_PURCHASED_ITEM": stream_settings.topic_purchased_item,
-            "S3_BUCKET": "no-such-bucket",
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_job(stream_settings.model_copy(update={"s3_bucket": "no-such-bucket"}))
     assert result.returncode == 1
     assert "Bucket no-such-bucket does not exist" in result.stderr
     assert "Run `task infra-up`" in result.stderr

@@ -80,6 +80,23 @@ def committed_offsets(settings: Settings) -> dict[int, int]:
         consumer.close()
 
 
+def commit_offsets(settings: Settings, offsets: dict[int, int]) -> None:
+    """Commit `offsets` (partition -> offset) for the drain's group, as a group member would."""
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": settings.drain_group_id}
+    )
+    try:
+        consumer.commit(
+            offsets=[
+                TopicPartition(settings.topic_user_events, partition, offset)
+                for partition, offset in offsets.items()
+            ],
+            asynchronous=False,
+        )
+    finally:
+        consumer.close()
+
+
 @contextmanager
 def pipeline_settings(base: Settings, **changes: object) -> Iterator[Settings]:
     """Settings with a topic, Mongo database and consumer group of their own (plus `changes`),
