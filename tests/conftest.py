@@ -38,6 +38,9 @@ def make_isolated_settings(base: Settings, tag: str | None = None) -> Settings:
             "s3_purchases_prefix": f"test-{tag}/raw/purchased_items/",
             "s3_quarantine_prefix": f"test-{tag}/raw/purchased_items_quarantine/",
             "repeat_purchases_table": f"repeat_purchases_test_{tag}",
+            # Airflow's metadata of a test (`airflow dags test`, a lab under honcho) stays apart
+            # from the lab's own DAG runs.
+            "postgres_airflow_database": f"airflow_test_{tag}",
             "drain_group_id": f"test-{tag}-drain",
             "spark_checkpoint_dir": str(base.lab_home / "test-checkpoints" / tag),
         }
@@ -57,7 +60,7 @@ def isolated_settings(lab_services: Settings) -> Iterator[Settings]:
 
 def remove_isolated(settings: Settings) -> None:
     """Delete what a test scope made of `make_isolated_settings`: topics and consumer group,
-    S3 prefixes, Mongo database, Postgres table and the stream's checkpoint."""
+    S3 prefixes, Mongo database, Postgres table and Airflow database, the stream's checkpoint."""
     from psycopg2 import sql
 
     from app.analysis.repeat_store import connect
@@ -90,10 +93,15 @@ def remove_isolated(settings: Settings) -> None:
     conn = connect(settings)
     try:
         with conn, conn.cursor() as cur:
-            cur.execute(
-                sql.SQL("DROP TABLE IF EXISTS {}").format(
-                    sql.Identifier(settings.repeat_purchases_table)
-                )
-            )
+            table = sql.Identifier(settings.repeat_purchases_table)
+            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
+    finally:
+        conn.close()
+    conn = connect(settings, "postgres")
+    conn.autocommit = True  # DROP DATABASE cannot run inside a transaction
+    try:
+        with conn.cursor() as cur:
+            database = sql.Identifier(settings.postgres_airflow_database)
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(database))
     finally:
         conn.close()

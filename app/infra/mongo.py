@@ -49,9 +49,6 @@ class Mongo(LocalService):
             timeout=2400,
         )
 
-    def prepare(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-
     def launch(self) -> Launch:
         if self.mongod:
             argv = [self.mongod, "--bind_ip", HOST, "--port", str(self.port)]

@@ -50,9 +50,6 @@ class ObjectStore(LocalService):
                 log=self.files.log,
             )
 
-    def prepare(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-
     def launch(self) -> Launch:
         s = self.settings
         if self.minio:

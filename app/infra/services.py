@@ -97,6 +97,8 @@ class LocalService(ABC):
                     f"another port in .env."
                 )
         self.install()
+        # The data is the service's alone: other local accounts cannot read around its auth.
+        private_dir(self.data_dir)
         self.prepare()
         spec = self.launch()
         process = start_process(

@@ -12,7 +12,7 @@ from app.airflow_runner import airflow_home, write_passwords_file
 from app.analysis.repeat_store import connect
 from app.core.config import Settings
 from app.infra.cli import resolve_mode
-from app.infra.services import Postgres
+from app.infra.services import Postgres, local_services
 
 
 def _mode(path: Path) -> int:
@@ -47,6 +47,8 @@ def test_local_postgres_refuses_its_socket_without_a_password(lab_services: Sett
     assert _mode(postgres.socket_dir) == 0o700
     assert _mode(postgres.data_dir) == 0o700
     assert _mode(postgres.data_dir / "pg_hba.conf") == 0o600
+    for service in local_services(lab_services):
+        assert _mode(service.data_dir) == 0o700, f"{service.data_dir} is readable by others"
     leftovers = list((lab_services.lab_home / "run").glob("initdb-*"))
     assert not leftovers, f"initdb's password file was left behind: {leftovers}"
 
