@@ -125,6 +125,16 @@ def install(settings: Settings) -> None:
     ensure_jars(settings)
     took = time.monotonic() - started
     print(f"  {'spark':<9} {'connector jars (Kafka source, s3a)':<40} {took:.1f} s")
+    from app.infra.browser import ensure_chromium
+
+    started = time.monotonic()
+    try:
+        browser = str(ensure_chromium().browser)
+    except InfraError as exc:  # only the console's browser test drives it
+        print(f"  {'chromium':<9} not installed: {exc}")
+    else:
+        took = time.monotonic() - started
+        print(f"  {'chromium':<9} {browser:<40} {took:.1f} s")
 
 
 def down(settings: Settings) -> None:

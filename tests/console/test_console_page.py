@@ -22,8 +22,8 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-from app.console.browser import ensure_chromium
 from app.core.config import ROOT, Settings
+from app.infra.browser import ensure_chromium
 from tests.support import free_port
 
 HOPS = ["api", "kafka", "airflow", "mongo", "spark", "lake", "postgres"]
