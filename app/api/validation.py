@@ -88,6 +88,7 @@ class BodyValidator:
             if self._pool is pool:
                 log.warning("a validation worker died; starting a new pool of workers")
                 self._pool = self._new_pool()
+                pool.shutdown(wait=False)
             raise ApiError(
                 503,
                 "The API's validation worker stopped unexpectedly; nothing was stored. "
