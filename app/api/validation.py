@@ -4,14 +4,13 @@ pydantic holds the GIL while it validates, so a thread would not free the event 
 object of unknown keys takes about a second to refuse (one error per key), and a valid batch of
 1,000 orders about 20 ms to validate and serialise. Bodies up to `INLINE_BYTES` (at worst a few
 ms) are validated on the event loop; larger ones in a small pool of worker processes
-(`API_VALIDATION_WORKERS` at once, the others queue), which run at a lower priority so that the
-event loop, and the broker beside it, keep their CPU while a worker chews on a large body.
+(`API_VALIDATION_WORKERS` at once, the others queue), scheduled apart from the API (see
+`_start_worker`) so that the event loop keeps its CPU while a worker chews on a large body.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import multiprocessing
 import os
@@ -20,7 +19,6 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from multiprocessing.connection import wait
-from pathlib import Path
 
 from app.api.errors import ApiError
 from app.api.ingest import BodyKind, KafkaRecords, RecordParser
@@ -36,15 +34,14 @@ _worker_parser: RecordParser | None = None  # in a worker process: its own parse
 
 
 def _start_worker(max_batch: int) -> None:
-    """Set up a worker process: its own parser, at a priority below everything else."""
+    """Set up a worker process: its own parser, scheduled apart from the event loop."""
     global _worker_parser
-    # Linux (autogroup) schedules each session's processes as one group: a busy worker in the
-    # API's session would spend the CPU share of the event loop, however nice. In a session of
-    # its own, niced as a group, it yields to the API and the broker instead (measured: p99 of
-    # other clients under junk bodies roughly halved). Ctrl-C then reaches the API alone.
+    # Linux (autogroup) shares the CPU between sessions first: a busy worker in the API's
+    # session would spend the event loop's share, however nice. In a session of its own it
+    # competes with the API as another program would (measured: other clients' p99 under junk
+    # bodies about halved). Where sessions are not scheduled apart, the niceness does that.
+    # Ctrl-C in a terminal then reaches the API alone, which stops the pool.
     os.setsid()
-    with contextlib.suppress(OSError):  # no autogroup: other systems, or switched off
-        Path("/proc/self/autogroup").write_text(str(WORKER_NICENESS))
     os.nice(WORKER_NICENESS)
     _worker_parser = RecordParser(max_batch)
     threading.Thread(target=_exit_with_parent, daemon=True).start()
