@@ -81,3 +81,4 @@ def test_metrics_count_requests_and_records(client: TestClient, api_settings: Se
     assert f'api_records_produced_total{{topic="{api_settings.topic_user_events}"}}' in text
     assert 'api_requests_total{method="PUT",route="/SendEvent",status="200"}' in text
     assert 'api_request_duration_seconds_bucket{le="0.025",route="/SendEvent"}' in text
+    assert "api_event_loop_lag_seconds_count" in text
