@@ -32,8 +32,10 @@ from app.lake.storage import s3_filesystem
 from app.lake.writer_lock import LeaseUnreachable, WriterLock, writer_lock
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# Waits between tries while a service is away: short at first, then at most a minute.
+# Pauses before restarting queries that failed in a row: short at first, then a minute; queries
+# that ran for HEALTHY_SECONDS before failing start the series again.
 BACKOFF_SECONDS = (1, 2, 4, 8, 15, 30, 60)
+HEALTHY_SECONDS = 120.0
 PROBE_TIMEOUT_SECONDS = 3.0
 PROBE_EVERY_SECONDS = 5.0
 # How a failure caused by a service that does not answer reads (Java and Python clients).
@@ -165,12 +167,14 @@ def _stream_session(settings: Settings, master: str | None) -> SparkSession:
         )
     finally:
         signal.signal(signal.SIGTERM, previous)
-    # While Kafka is away its client warns twice a second per connection; the stream says it
-    # once itself (`OutageReport`).
+    # While Kafka is away its client warns twice a second per connection, and Spark's offset
+    # reader once per retry; the stream says it once itself (`OutageReport`).
     log4j = spark.sparkContext._jvm.org.apache.logging.log4j  # type: ignore[union-attr]
-    log4j.core.config.Configurator.setLevel(
-        "org.apache.kafka.clients.NetworkClient", log4j.Level.ERROR
-    )
+    for name in (
+        "org.apache.kafka.clients.NetworkClient",
+        "org.apache.spark.sql.kafka010.KafkaOffsetReaderAdmin",  # a stack trace per retry
+    ):
+        log4j.core.config.Configurator.setLevel(name, log4j.Level.ERROR)
     return spark
 
 
@@ -261,7 +265,7 @@ class OutageReport:
         self.since = time.monotonic()
         self.log(
             f"{' and '.join(services) or 'Kafka or S3'} does not answer: the stream waits for it "
-            f"(checked every {BACKOFF_SECONDS[0]} to {BACKOFF_SECONDS[-1]} s)"
+            f"(checked every {PROBE_EVERY_SECONDS:.0f} s)"
         )
 
     def queries_stopped(self, services: list[str], cause: str) -> None:
@@ -294,7 +298,9 @@ def _supervise(
     seen: dict[str, int] = {}
     outage = OutageReport(log)
     first = True
+    restarts = 0  # in a row, each after a longer pause
     while not received:
+        began = time.monotonic()
         started = _start(spark, settings, lock, available_now, log)
         if isinstance(started, Failure):
             failure: Failure | None = started
@@ -314,15 +320,20 @@ def _supervise(
         if not is_outage(failure.message, settings):
             raise InfraError(failure.explanation)
         outage.queries_stopped(unreachable(settings), failure.message)
+        if time.monotonic() - began > HEALTHY_SECONDS:
+            restarts = 0
+        _pause(BACKOFF_SECONDS[min(restarts, len(BACKOFF_SECONDS) - 1)], received)
+        restarts += 1
         _wait_for_services(settings, received)
     log(f"signal {signal.Signals(received[0]).name}: stopped")
 
 
 def _wait_for_services(settings: Settings, received: list[int]) -> None:
-    for delay in itertools.chain(BACKOFF_SECONDS, itertools.repeat(BACKOFF_SECONDS[-1])):
+    # A probe is cheap (a TCP connect, one S3 request), so it need not back off far.
+    for delay in itertools.chain(BACKOFF_SECONDS, itertools.repeat(PROBE_EVERY_SECONDS)):
         if received or not unreachable(settings):
             return
-        _pause(delay, received)
+        _pause(min(delay, PROBE_EVERY_SECONDS), received)
 
 
 def _start(
