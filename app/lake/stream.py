@@ -213,9 +213,10 @@ def _stop_requests() -> Iterator[list[int]]:
 
 
 def _pause(seconds: float, received: list[int]) -> None:
+    """Sleep, but wake within a tenth of a second of a stop request."""
     deadline = time.monotonic() + seconds
     while not received and time.monotonic() < deadline:
-        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
 
 @dataclass(frozen=True)
@@ -391,7 +392,7 @@ def _watch(
             except LeaseUnreachable as exc:
                 failure = Failure(str(exc), f"the writer lease could not be renewed: {exc}")
                 break
-            time.sleep(1.0)
+            _pause(1.0, received)
         if received:
             log(f"signal {signal.Signals(received[0]).name}: stopping the queries")
     finally:
