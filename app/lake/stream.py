@@ -223,6 +223,7 @@ def _pause(seconds: float, received: list[int]) -> None:
 class Failure:
     message: str  # the cause as Spark or the client reported it
     explanation: str  # what happened and what to run, for a failure a restart cannot mend
+    outage: bool = False  # known to be caused by a service that does not answer
 
 
 def run_stream(
@@ -318,7 +319,7 @@ def _supervise(
             failure = _watch(started, settings, lock, log, received, seen, outage)
         if failure is None:
             return
-        if not is_outage(failure.message, settings):
+        if not (failure.outage or is_outage(failure.message, settings)):
             raise InfraError(failure.explanation)
         outage.queries_stopped(unreachable(settings), failure.message)
         if time.monotonic() - began > HEALTHY_SECONDS:
@@ -390,7 +391,7 @@ def _watch(
             try:
                 lock.renew()
             except LeaseUnreachable as exc:
-                failure = Failure(str(exc), f"the writer lease could not be renewed: {exc}")
+                failure = Failure(str(exc), str(exc), outage=True)
                 break
             _pause(1.0, received)
         if received:
