@@ -1,4 +1,13 @@
-"""`python -m app.airflow_runner`: Airflow 3 standalone, set up for the lab (the Procfile's line).
+"""`python -m app.airflow_runner`: Airflow 3 for the lab (the Procfile's line).
+
+It runs what `airflow standalone` runs (scheduler, DAG processor, API server, triggerer) as its
+own children, because standalone cannot be told two things the lab needs:
+- no log servers: the scheduler's and the triggerer's serve task logs on every interface (ports
+  8793/8794, the host is not configurable). Logs are local files the API server reads itself,
+  so the components run with `--skip-serve-logs` and only the UI/API port listens (loopback).
+- a component that exits (PostgreSQL restarted under the scheduler, say) is started again with
+  backoff, saying so, instead of the lab carrying on without it; this process stays up, so
+  honcho keeps the rest of the lab running.
 
 - `AIRFLOW_HOME` is `<lab_home>/airflow` (git-ignored); the DAGs folder is this repository's
   `dags/`; no example DAGs; new DAGs start unpaused, so the pipeline runs every 2 minutes from
@@ -7,8 +16,9 @@
   created when missing). Only when PostgreSQL is not reachable does it fall back to SQLite under
   `AIRFLOW_HOME`, and says so.
 - The UI and API listen on 127.0.0.1:`AIRFLOW_PORT`; the login is `AIRFLOW_ADMIN_USER` /
-  `AIRFLOW_ADMIN_PASSWORD` (Airflow's simple auth manager, which reads passwords from a file
-  this module writes from the settings).
+  `AIRFLOW_ADMIN_PASSWORD` (Airflow's simple auth manager, which reads passwords from a 0600
+  file this module writes from the settings). The password is never printed.
+- `AIRFLOW_HOME` is private (0700): Airflow writes its generated secret keys into `airflow.cfg`.
 
 `dags_test` runs `airflow dags test` with the same environment, for the tests.
 """
@@ -17,13 +27,26 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from app.core.config import ROOT, Settings, get_settings
+from app.infra.process import private_dir
 
 HOST = "127.0.0.1"
+# What `airflow standalone` runs, without the log servers (see the module docstring).
+COMPONENTS = {
+    "scheduler": ["scheduler", "--skip-serve-logs"],
+    "dag-processor": ["dag-processor"],
+    "api-server": ["api-server"],
+    "triggerer": ["triggerer", "--skip-serve-logs"],
+}
+MAX_BACKOFF_SECONDS = 30
+STABLE_SECONDS = 60.0
+STOP_TIMEOUT_SECONDS = 30.0
 VENV_BIN = Path(sys.executable).parent
 AIRFLOW = VENV_BIN / "airflow"
 
@@ -60,9 +83,9 @@ def write_passwords_file(settings: Settings) -> Path:
     Written on every start so a changed password applies; the manager only generates a random
     password for users missing from this file.
     """
-    path = airflow_home(settings) / "simple_auth_manager_passwords.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = private_dir(airflow_home(settings)) / "simple_auth_manager_passwords.json"
     path.touch(mode=0o600)
+    path.chmod(0o600)
     path.write_text(json.dumps({settings.airflow_admin_user: settings.airflow_admin_password}))
     return path
 
@@ -87,15 +110,10 @@ def airflow_environment(settings: Settings, metadata_url: str) -> dict[str, str]
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(
             home / "simple_auth_manager_passwords.json"
         ),
-        # DAG files and tasks import the lab's package; standalone starts `airflow` from PATH.
+        # DAG files and tasks import the lab's package; components start `airflow` from PATH.
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         "PATH": os.pathsep.join([str(VENV_BIN), os.environ.get("PATH", "")]),
     }
-
-
-def settings_environment(settings: Settings) -> dict[str, str]:
-    """`settings` as environment variables, so a child process builds the very same Settings."""
-    return {name.upper(): str(value) for name, value in settings.model_dump().items()}
 
 
 def dags_test(settings: Settings, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -106,7 +124,7 @@ def dags_test(settings: Settings, timeout: float = 600) -> subprocess.CompletedP
     """
     environment = {
         **os.environ,
-        **settings_environment(settings),
+        **settings.as_environment(),
         **airflow_environment(settings, metadata_database(settings)),
     }
     for args in (["db", "migrate"], ["dags", "test", settings.dag_id]):
@@ -124,18 +142,74 @@ def dags_test(settings: Settings, timeout: float = 600) -> subprocess.CompletedP
     return process
 
 
+def run_components(
+    environment: dict[str, str], components: dict[str, list[str]] | None = None
+) -> None:
+    """Run `components` (name: command line; Airflow's COMPONENTS by default) until SIGTERM or
+    SIGINT; start again any that exits, after 1, 2, 4... up to MAX_BACKOFF_SECONDS."""
+    components = components or {name: [str(AIRFLOW), *args] for name, args in COMPONENTS.items()}
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    running: dict[str, subprocess.Popen[bytes]] = {}
+    restarts = dict.fromkeys(components, 0)
+    due = dict.fromkeys(components, 0.0)
+    started_at: dict[str, float] = {}
+    while not stopping:
+        now = time.monotonic()
+        for name, argv in components.items():
+            process = running.get(name)
+            if process is not None and process.poll() is not None:
+                del running[name]
+                # A component that ran a while before exiting starts over at the shortest wait.
+                if now - started_at[name] > STABLE_SECONDS:
+                    restarts[name] = 0
+                wait = min(2 ** restarts[name], MAX_BACKOFF_SECONDS)
+                restarts[name] += 1
+                due[name] = now + wait
+                print(
+                    f"airflow: {name} exited (code {process.returncode}); starting it again in "
+                    f"{wait} s. Its last lines are above.",
+                    flush=True,
+                )
+            if name not in running and now >= due[name]:
+                running[name] = subprocess.Popen(argv, env=environment, cwd=ROOT)
+                started_at[name] = now
+        time.sleep(1)
+    for process in running.values():
+        process.terminate()
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    for process in running.values():
+        try:
+            process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def main() -> None:
     settings = get_settings()
     environment = {**os.environ, **airflow_environment(settings, metadata_database(settings))}
-    write_passwords_file(settings)
+    passwords = write_passwords_file(settings)
+    migrate = subprocess.run(
+        [str(AIRFLOW), "db", "migrate"], env=environment, cwd=ROOT, check=False
+    )
+    if migrate.returncode != 0:
+        sys.exit(
+            "airflow: `airflow db migrate` failed (output above); check PostgreSQL with "
+            "`task infra-status`, then start the lab again."
+        )
     print(
-        f"airflow: UI http://{HOST}:{settings.airflow_port} (login {settings.airflow_admin_user} / "
-        f"{settings.airflow_admin_password}); home {airflow_home(settings)}; "
+        f"airflow: UI http://{HOST}:{settings.airflow_port} - user {settings.airflow_admin_user}, "
+        f"password in {passwords} (AIRFLOW_ADMIN_PASSWORD); home {airflow_home(settings)}; "
         f"DAG {settings.dag_id} every 2 minutes",
         flush=True,
     )
-    # Replace this process, so honcho's signals reach Airflow directly.
-    os.execve(AIRFLOW, [str(AIRFLOW), "standalone"], environment)  # noqa: S606
+    run_components(environment)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -82,9 +83,42 @@ Timestamp = Annotated[
     AfterValidator(_require_zone),
     PlainSerializer(format_timestamp, return_type=str, when_used="json"),
 ]
+
+
+@dataclass(frozen=True)
+class TextPattern:
+    """A rule on text for checkers that cannot run Python (the Spark stream): valid values match
+    `pattern` (a regular expression Java and Rust read alike); `message` says the rule."""
+
+    pattern: str
+    message: str
+
+
+IDENTIFIER_RULE = TextPattern(
+    # Printable characters (no \p{C} control/format/unassigned, no \p{Z} separator but the
+    # space), starting and ending with a visible one.
+    pattern=r"^[^\p{C}\p{Z}]( *[^\p{C}\p{Z}])*$",
+    message=(
+        "must be printable text: letters of any script, digits, punctuation, symbols and spaces "
+        "between them; no control or invisible characters, no leading or trailing space"
+    ),
+)
+
+
+def _printable(value: str) -> str:
+    # `str.isprintable` refuses exactly \p{C} and \p{Z} but the space: the rule's pattern.
+    if not value.isprintable() or value.startswith(" ") or value.endswith(" "):
+        raise ValueError(IDENTIFIER_RULE.message)
+    return value
+
+
+# Shop ids come from many systems (e-mail addresses, Turkish names, `$`-prefixed codes): any
+# printable Unicode is accepted. Stores keep them as values only (never as field names or paths).
 Identifier = Annotated[
     str,
-    Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$"),
+    Field(min_length=1, max_length=64),
+    AfterValidator(_printable),
+    IDENTIFIER_RULE,
 ]
 Money = Annotated[float, Field(ge=0, le=1_000_000_000, allow_inf_nan=False, strict=True)]
 Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False, strict=True)]

@@ -73,6 +73,32 @@ def lake_files(settings: Settings) -> list[str]:
     return lines
 
 
+def lake_orders(settings: Settings) -> list[str]:
+    """Orders in the lake (committed files only), re-deliveries, and conflicting `OrderId`s."""
+    import pyarrow.parquet as pq
+
+    from app.analysis.conflicts import ORDER_FIELDS, conflicting_orders
+    from app.lake.sink_log import committed_files
+    from app.lake.storage import s3_filesystem
+
+    files = committed_files(settings, settings.purchases_url)
+    if not files:
+        return ["lake orders: none committed yet"]
+    rows = pq.ParquetDataset(files, filesystem=s3_filesystem(settings)).read(columns=ORDER_FIELDS)
+    distinct = rows.group_by("OrderId").aggregate([]).num_rows
+    line = f"lake orders: {rows.num_rows} rows, {distinct} OrderIds"
+    conflicts = conflicting_orders(rows)
+    if not conflicts:
+        return [line + ", no conflicting versions"]
+    shown = ", ".join(f"{order_id} ({n} versions)" for order_id, n in list(conflicts.items())[:5])
+    more = f" and {len(conflicts) - 5} more" if len(conflicts) > 5 else ""
+    return [
+        line,
+        f"lake orders: CONFLICT: {len(conflicts)} OrderIds arrived with different content, all "
+        f"versions kept and counted: {shown}{more}",
+    ]
+
+
 def table_rows(settings: Settings) -> list[str]:
     from psycopg2 import sql
 
@@ -101,6 +127,7 @@ def report(settings: Settings) -> list[str]:
         ("Kafka", topic_offsets),
         ("MongoDB", mongo_counts),
         ("S3", lake_files),
+        ("S3", lake_orders),
         ("PostgreSQL", table_rows),
     ]
     for name, probe in probes:

@@ -8,7 +8,10 @@ worker, uvloop and httptools) on a free port with topics of its own, and measure
 2. `PUT /SendEvent`, closed loop on many keep-alive connections: requests/s, p50, p99;
 3. `PUT /SendEvent` at a fixed 1,000 requests/s (open loop; latency counted from each request's
    scheduled time, so queueing behind a slow answer is not hidden): p50, p99;
-4. `POST /PurchasedItems` with 1,000 orders per request: orders/s.
+4. `POST /PurchasedItems` with 1,000 orders per request: orders/s;
+5. one client probing `GET /health` and `PUT /SendEvent` in turn, first alone, then while two
+   clients send junk bodies of the largest accepted size back to back (an object of unknown
+   keys, the costliest refusal): each probe's p50 and p99, and the API's event-loop lag.
 
 The load comes from a separate process speaking raw HTTP/1.1 over asyncio streams (uvloop): an
 HTTP client library would spend more CPU than the API under test. Finally it checks that Kafka
@@ -52,6 +55,7 @@ from app.schemas import Purchase, UserEvent
 TARGET_EVENTS_PER_SECOND = 5_000
 TARGET_ORDERS_PER_SECOND = 50_000
 TARGET_P99_MS = 25.0
+TARGET_STALL_P99_MS = 100.0
 FIXED_RATE = 1_000
 ORDERS_PER_REQUEST = 1_000
 
@@ -159,6 +163,53 @@ def run_load(
     result = uvloop.run(_load(port, requests, connections, seconds, rate))
     result.cpu_seconds = time.process_time() - cpu
     return result
+
+
+async def _probe(
+    port: int, probes: dict[str, bytes], junk: list[bytes], seconds: float
+) -> tuple[dict[str, list[float]], Counter[str]]:
+    """One client sends each probe request in turn (10 ms apart) while one client per `junk`
+    body sends it back to back: the probes' latencies and all answers (`route status`)."""
+    stop = asyncio.Event()
+    statuses: Counter[str] = Counter()
+    latencies: dict[str, list[float]] = {name: [] for name in probes}
+
+    async def send_junk(request: bytes) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while not stop.is_set():
+                statuses[f"junk {await _exchange(reader, writer, request)}"] += 1
+        finally:
+            writer.close()
+
+    async def probe() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        deadline = time.perf_counter() + seconds
+        try:
+            while time.perf_counter() < deadline:
+                for name, request in probes.items():
+                    started = time.perf_counter()
+                    statuses[f"{name} {await _exchange(reader, writer, request)}"] += 1
+                    latencies[name].append(time.perf_counter() - started)
+                await asyncio.sleep(0.01)
+        finally:
+            writer.close()
+            stop.set()
+
+    senders = [asyncio.create_task(send_junk(request)) for request in junk]
+    await asyncio.sleep(0.5 if junk else 0)  # the junk is on its way
+    await probe()
+    await asyncio.gather(*senders)
+    return latencies, statuses
+
+
+def run_probe(
+    port: int, probes: dict[str, bytes], junk: list[bytes], seconds: float
+) -> tuple[dict[str, list[float]], Counter[str]]:
+    """Entry point of the load process for the stall phases."""
+    import uvloop
+
+    return uvloop.run(_probe(port, probes, junk, seconds))
 
 
 # ----------------------------------------------------------------------------- API process
@@ -280,6 +331,60 @@ class Phase:
         )
 
 
+def junk_requests(size: int) -> list[bytes]:
+    """One request per ingest route whose body is `size` bytes of unknown keys: the costliest
+    refusal (one validation error per key)."""
+    keys = (size - 3) // 14  # `"k00000000":0,` each
+    junk = b"{" + b",".join(b'"k%08d":0' % i for i in range(keys)) + b"}"
+    return [
+        http_request("PUT", "/SendEvent", junk.ljust(size)),
+        http_request("POST", "/PurchasedItems", (b"[" + junk + b"]").ljust(size)),
+    ]
+
+
+def loop_lag(settings: Settings) -> dict[float, float]:
+    """The API's event-loop lag histogram: probes (cumulative) by upper bound in seconds."""
+    text = httpx.get(f"{settings.api_url}/metrics").text
+    buckets = {}
+    for line in text.splitlines():
+        if line.startswith("api_event_loop_lag_seconds_bucket{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[float(bound)] = float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+@dataclass
+class Stall:
+    """A phase of probes, with or without junk, and the API's loop-lag histogram around it."""
+
+    latencies: dict[str, list[float]]
+    statuses: Counter[str]  # by `route status`, `junk status` for the junk
+    lag_before: dict[float, float]
+    lag_after: dict[float, float]
+
+    def row(self, name: str) -> str:
+        measured = self.latencies[name]
+        return (
+            f"p50 {percentile(measured, 0.5):6.1f} ms  p99 {percentile(measured, 0.99):6.1f} ms"
+            f"  ({len(measured)} requests)"
+        )
+
+    def lag_row(self) -> str:
+        """Share of the 50-ms loop probes woken more than 5 ms late, and the worst bucket."""
+        counts = {
+            bound: self.lag_after[bound] - self.lag_before.get(bound, 0.0)
+            for bound in self.lag_after
+        }
+        total = counts.get(float("inf"), 0.0)
+        if not total:
+            return "not measured (no api_event_loop_lag_seconds)"
+        late = total - counts[0.005]
+        worst = min(bound for bound, n in counts.items() if n == total)
+        return (
+            f"{late / total:6.1%} of {total:.0f} probes > 5 ms late, worst <= {worst * 1000:g} ms"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each phase")
@@ -312,6 +417,11 @@ def main() -> int:
         for i in range(0, len(order_records), ORDERS_PER_REQUEST)
     ]
 
+    stall_probes = {
+        "GET /health": http_request("GET", "/health", b""),
+        "PUT /SendEvent": event_requests[0],
+    }
+
     baseline_events, baseline_event_cpu = raw_produce(settings, raw_events, event_records * 10)
     baseline_orders, baseline_order_cpu = raw_produce(settings, raw_orders, order_records * 10)
 
@@ -320,7 +430,10 @@ def main() -> int:
     pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"))
 
     def cpu(process: psutil.Process | None) -> float | None:
-        return sum(process.cpu_times()[:2]) if process is not None else None
+        """CPU seconds of a process and its children (the API's validation workers)."""
+        if process is None:
+            return None
+        return sum(sum(p.cpu_times()[:2]) for p in [process, *process.children()])
 
     def phase(
         name: str, requests: list[bytes], connections: int, rate: float | None = None
@@ -340,6 +453,13 @@ def main() -> int:
             else None,
         )
 
+    def stall(junk: list[bytes]) -> Stall:
+        lag_before = loop_lag(settings)
+        latencies, statuses = pool.submit(
+            run_probe, settings.api_port, stall_probes, junk, args.seconds
+        ).result()
+        return Stall(latencies, statuses, lag_before, loop_lag(settings))
+
     try:
         warm_up = phase("warm-up", event_requests, 8)  # connections, producer, caches
         closed = phase(
@@ -347,12 +467,16 @@ def main() -> int:
         )
         fixed = phase(f"PUT /SendEvent at {FIXED_RATE:,}/s", event_requests, 64, rate=FIXED_RATE)
         batches = phase(f"POST /PurchasedItems x{ORDERS_PER_REQUEST:,}", batch_requests, 4)
+        quiet = stall([])
+        under_junk = stall(junk_requests(settings.api_max_body_bytes))
     finally:
         pool.shutdown()
         api.terminate()
         api.wait(timeout=30)
 
-    acknowledged_events = sum(p.load.ok for p in (warm_up, closed, fixed))
+    acknowledged_events = sum(p.load.ok for p in (warm_up, closed, fixed)) + sum(
+        s.statuses["PUT /SendEvent 200"] for s in (quiet, under_junk)
+    )
     acknowledged_orders = batches.load.ok * ORDERS_PER_REQUEST
     held_events = stored(settings, settings.topic_user_events)
     held_orders = stored(settings, settings.topic_purchased_item)
@@ -388,6 +512,14 @@ def main() -> int:
         if not 200 <= status < 300
     }
     print(f"  non-2xx answers: {other or 'none'}")
+    print(
+        f"  two clients sending {settings.api_max_body_bytes:,}-byte junk bodies back to back "
+        f"(answers: {dict(under_junk.statuses)}); other clients' latency, "
+        f"target p99 <= {TARGET_STALL_P99_MS:g} ms:"
+    )
+    for name in stall_probes:
+        print(f"    {name:<16} {under_junk.row(name)}   without junk: {quiet.row(name)}")
+    print(f"    event-loop lag   {under_junk.lag_row()}   without junk: {quiet.lag_row()}")
     consistent = held_events == acknowledged_events and held_orders == acknowledged_orders
     print(
         f"  Kafka holds {held_events:,} events and {held_orders:,} orders; the API acknowledged "

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app.core.config import Settings, get_settings
 from app.core.kafka import admin_client, ensure_topics
 from app.pipeline.counts import apply_batches, refresh_event_counts
-from app.pipeline.drain import drain_user_events, insert_new, open_consumer, prepare_batch
+from app.pipeline.drain import drain_user_events, open_consumer, pending_batches, prepare_batch
 from app.pipeline.store import Document, EventStore, mongo_client
 from app.schemas import EventAttributes, EventName, UserEvent
 
@@ -118,7 +118,7 @@ def insert_alone(settings: Settings, records: list[ConsumerRecord]) -> float:
     store.ensure_indexes()  # the drain writes into an indexed collection too
     spent = 0.0
     for start in range(0, len(records), settings.drain_batch_size):
-        documents = prepare_batch(records[start : start + settings.drain_batch_size], "b").events
+        documents = prepare_batch(records[start : start + settings.drain_batch_size], None).events
         started = time.perf_counter()
         store.events.insert_many(documents, ordered=False)
         spent += time.perf_counter() - started
@@ -210,9 +210,9 @@ def write_history(settings: Settings, store: EventStore, history: int) -> int:
     counts: dict[str, Document] = {}
     values = event_values(history, users, seed=2)
     for chunk in chunks(synthetic_records(settings, values, first=0)):
-        batch = prepare_batch(chunk, uuid.uuid4().hex)
-        insert_new(store.events, batch.events)
-        apply_batches(counts, batch.pending)
+        batch = prepare_batch(chunk, None)
+        store.insert_new(store.events, batch.events)
+        apply_batches(counts, pending_batches(batch.events, batch.first_offsets, "history"))
     documents = list(counts.values())
     for start in range(0, len(documents), CHUNK):
         store.counts.insert_many(documents[start : start + CHUNK], ordered=False)
@@ -231,9 +231,9 @@ def bench_counts(base: Settings, batch_size: int, history: int, recount: bool) -
         setup = time.perf_counter() - started
         # The measured batch: the same events in every scenario, after the history's offsets.
         values = event_values(batch_size, BATCH_USERS, seed=3)
-        batch = prepare_batch(list(synthetic_records(settings, values, first=history)), "new")
-        insert_new(store.events, batch.events)
-        insert_new(store.pending, batch.pending)
+        batch = prepare_batch(list(synthetic_records(settings, values, first=history)), None)
+        store.insert_new(store.events, batch.events)
+        store.insert_new(store.pending, pending_batches(batch.events, batch.first_offsets, "new"))
 
         summary = refresh_event_counts(settings)
 

@@ -5,7 +5,9 @@ folder>)` and passed through `dedupe_orders` first. The small answers come back 
 ready to show; the repeat purchases stay a Spark DataFrame until `repeat_rows` hands them to
 PostgreSQL. Definitions, stated here once and above each answer in the notebook:
 
-- an order counts once, however many times it was delivered (same `OrderId`);
+- an order counts once, however many times it was delivered (same `OrderId`, same content);
+  the same `OrderId` with *different* content is a conflict: every version is kept and counted,
+  and `order_conflicts` lists them for the report, so nothing is dropped without a word;
 - a product line's revenue is `ItemCount * ItemPrice * (1 - ItemDiscount)`;
 - "the last hour" is `TimeStamp` in (now - 1 hour, now], with "now" given, not read from a clock;
 - a repeat purchase is a (customer, product) pair found in more than one *distinct* order:
@@ -20,11 +22,12 @@ from typing import Any
 
 import pandas as pd
 from psycopg2 import sql
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from app.analysis.repeat_store import COLUMNS, RepeatRow
 from app.core.config import Settings
+from app.lake.schema import PURCHASE_STRUCT
 
 LAST_HOUR = timedelta(hours=1)
 TOP = 10
@@ -59,11 +62,17 @@ def read_purchases(spark: SparkSession, url: str) -> DataFrame:
     return spark.read.parquet(url)
 
 
+def _order_content() -> Column:
+    """A fingerprint of an order's own fields (not where and when Kafka delivered it)."""
+    return F.xxhash64(*[F.col(field.name) for field in PURCHASE_STRUCT.fields])
+
+
 def dedupe_orders(purchases: DataFrame) -> DataFrame:
-    """One row per `OrderId`: the copy Kafka delivered first. Runs two small Spark jobs.
+    """One row per distinct order (`OrderId` and content): the copy Kafka delivered first.
 
     Delivery is at-least-once and a client may resend a batch, so one order can land in the lake
-    more than once; counting it twice would inflate every answer.
+    more than once; counting it twice would inflate every answer. Two versions of an `OrderId`
+    that differ are both kept (see `order_conflicts`). Runs two small Spark jobs.
     """
     # Re-deliveries are rare, so only orders whose id hash occurs more than once take the exact
     # (shuffling, sorting) path, here and once; every other row passes a broadcast anti-join in
@@ -79,23 +88,52 @@ def dedupe_orders(purchases: DataFrame) -> DataFrame:
         .localCheckpoint()
     )
     is_repeated = order_hash == repeated["order_hash"]
-    first_delivery = Window.partitionBy("OrderId").orderBy(
+    first_delivery = Window.partitionBy("OrderId", "_content").orderBy(
         "kafka_timestamp", "kafka_partition", "kafka_offset"
     )
     first_copies = (
         purchases.join(F.broadcast(repeated), is_repeated, "left_semi")
+        .withColumn("_content", _order_content())
         .withColumn("_delivery", F.row_number().over(first_delivery))
         .where(F.col("_delivery") == 1)
-        .drop("_delivery")
+        .drop("_delivery", "_content")
         .localCheckpoint()
     )
     delivered_once = purchases.join(F.broadcast(repeated), is_repeated, "left_anti")
     return delivered_once.unionByName(first_copies)
 
 
+def order_conflicts(orders: DataFrame) -> pd.DataFrame:
+    """`OrderId`s delivered with different content, after `dedupe_orders`: one row per version.
+
+    Columns: `OrderId`, `versions` (how many), and each version's `UserId`, `TimeStamp`,
+    `TotalPrice`, `PaymentType`, lines and first Kafka position, oldest first.
+    """
+    versions = F.count("*").over(Window.partitionBy("OrderId"))
+    conflicting = (
+        orders.withColumn("versions", versions)
+        .where(F.col("versions") > 1)
+        .orderBy("OrderId", "kafka_timestamp", "kafka_partition", "kafka_offset")
+        .select(
+            "OrderId",
+            "versions",
+            "UserId",
+            "TimeStamp",
+            "TotalPrice",
+            "PaymentType",
+            F.size("Products").alias("lines"),
+            "kafka_partition",
+            "kafka_offset",
+        )
+    )
+    return _collect(conflicting)
+
+
 def delivery_summary(purchases: DataFrame) -> tuple[int, int]:
-    """How many rows the lake holds and how many distinct orders they are."""
-    ((rows, orders),) = purchases.agg(F.count("*"), F.count_distinct("OrderId")).collect()
+    """How many rows the lake holds and how many distinct orders (id and content) they are."""
+    ((rows, orders),) = purchases.agg(
+        F.count("*"), F.count_distinct("OrderId", _order_content())
+    ).collect()
     return int(rows), int(orders)
 
 

@@ -6,8 +6,10 @@ First checks that PostgreSQL answers and that the lake holds purchases, and says
 if not. Then runs `notebooks/01_purchases_analysis.ipynb` (the four answers; writes the repeat
 purchases to PostgreSQL) and `notebooks/02_repeat_purchases_sql.ipynb` (SQL over that table) with
 papermill, passing the lake's path and "now" as parameters. Connection settings reach the notebooks
-through the environment, never as parameters. Each executed notebook and an HTML copy land in
-`<output>/<run time>/`; the exit status is 1 if a check or any cell fails.
+through the environment, never as parameters. Each executed notebook, an HTML copy and an
+answers-only HTML (no code cells) land in `<output>/<run time>/`; what the kernel and Spark print
+on stderr goes to `kernel.log` there, not into the reports. The exit status is 1 if a check or
+any cell fails.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import psycopg2
 from app.analysis.purchases import parse_now
 from app.analysis.repeat_store import connect
 from app.core.config import ROOT, Settings, get_settings
+from app.core.errors import LabError
 from app.lake.storage import s3_filesystem
 
 NOTEBOOKS = ROOT / "notebooks"
@@ -34,7 +37,7 @@ PURCHASES_NOTEBOOK = NOTEBOOKS / "01_purchases_analysis.ipynb"
 REPEAT_SQL_NOTEBOOK = NOTEBOOKS / "02_repeat_purchases_sql.ipynb"
 
 
-class AnalysisError(Exception):
+class AnalysisError(LabError):
     """A reason the analysis cannot run or did not finish, worded for the person who ran it."""
 
 
@@ -42,6 +45,8 @@ class AnalysisError(Exception):
 class Report:
     notebook: Path
     html: Path
+    # The same report with the answers only: no code cells.
+    summary: Path
 
 
 def check_postgres(settings: Settings) -> None:
@@ -101,8 +106,31 @@ def stderr_to(log: Path) -> Iterator[None]:
         os.close(saved)
 
 
-def execute(source: Path, target: Path, parameters: dict[str, Any]) -> Report:
-    """Run one notebook with papermill into `target`, then export HTML beside it.
+def move_stderr_to_log(notebook: Path, log: Path) -> int:
+    """Take the cells' stderr outputs (JVM and log4j warnings the kernel captured) out of the
+    executed notebook and append them to `log`; return how many were moved."""
+    import nbformat
+
+    document = nbformat.read(str(notebook), as_version=4)  # type: ignore[no-untyped-call]
+    moved = []
+    for cell in document.cells:
+        outputs = cell.get("outputs", [])
+        noise = [o for o in outputs if o.get("output_type") == "stream" and o["name"] == "stderr"]
+        if noise:
+            moved += [
+                f"[{notebook.name}, cell {cell.get('execution_count')}]\n{o['text']}" for o in noise
+            ]
+            cell["outputs"] = [o for o in outputs if o not in noise]
+    if moved:
+        with log.open("a", encoding="utf-8") as file:
+            file.write("\n".join(moved) + "\n")
+        nbformat.write(document, str(notebook))  # type: ignore[no-untyped-call]
+    return len(moved)
+
+
+def execute(source: Path, target: Path, parameters: dict[str, Any], log: Path) -> Report:
+    """Run one notebook with papermill into `target`, then export HTML beside it: the whole
+    notebook (`<name>.html`) and the answers without code (`<name>.summary.html`).
 
     The executed notebook and its HTML are written even when a cell fails (the error shows in
     place); the failure is then raised as AnalysisError.
@@ -126,13 +154,19 @@ def execute(source: Path, target: Path, parameters: dict[str, Any]) -> Report:
     except Exception as exc:  # the kernel died or did not start: nbclient raises several types
         failure = f"{source.name} did not run: {type(exc).__name__}: {exc}"
     html = target.with_suffix(".html")
+    summary = target.with_suffix(".summary.html")
     if target.exists():
-        body, _ = HTMLExporter().from_filename(str(target))  # type: ignore[no-untyped-call]
-        html.write_text(body, encoding="utf-8")
+        move_stderr_to_log(target, log)
+        for path, exclude_input in ((html, False), (summary, True)):
+            exporter = HTMLExporter(  # type: ignore[no-untyped-call]
+                exclude_input=exclude_input, exclude_input_prompt=exclude_input
+            )
+            body, _ = exporter.from_filename(str(target))
+            path.write_text(body, encoding="utf-8")
     if failure:
         where = f" The executed notebook shows the error: {html}" if target.exists() else ""
         raise AnalysisError(failure + "." + where)
-    return Report(target, html)
+    return Report(target, html, summary)
 
 
 def analyze(settings: Settings, now: datetime, output: Path) -> list[Report]:
@@ -158,7 +192,7 @@ def analyze(settings: Settings, now: datetime, output: Path) -> list[Report]:
     for source, parameters in runs:
         print(f"running {source.name} (kernel and Spark messages: {log}) ...", flush=True)
         with stderr_to(log):
-            reports.append(execute(source, folder / source.name, parameters))
+            reports.append(execute(source, folder / source.name, parameters, log))
     return reports
 
 
@@ -189,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"analysis as of {now.isoformat()}; reports:")
     for report in reports:
-        print(f"  {report.html}\n  {report.notebook}")
+        print(f"  {report.summary}  (answers only)\n  {report.html}\n  {report.notebook}")
     return 0
 
 

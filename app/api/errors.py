@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
+from pydantic_core import ErrorDetails
 
 # Enough to fix a request; a batch of a thousand bad records must not produce a megabyte reply.
 MAX_REPORTED_ERRORS = 100
@@ -41,6 +42,10 @@ class ApiError(Exception):
         self.body = ErrorBody(detail=detail, errors=list(errors))
         self.headers = headers
 
+    def __reduce__(self) -> tuple[type[ApiError], tuple[object, ...]]:
+        # Refusals travel back from the validation workers (see `app.api.validation`).
+        return ApiError, (self.status_code, self.body.detail, self.body.errors, self.headers)
+
 
 def field_path(loc: Sequence[int | str]) -> str:
     """`(3, "Products", 0, "ItemCount")` -> `[3].Products[0].ItemCount`; `()` -> `(body)`."""
@@ -50,7 +55,8 @@ def field_path(loc: Sequence[int | str]) -> str:
     return path or "(body)"
 
 
-def field_errors(exc: ValidationError) -> list[FieldError]:
+def field_errors(errors: Sequence[ErrorDetails]) -> list[FieldError]:
+    """The first `MAX_REPORTED_ERRORS` of pydantic's errors, as the answer lists them."""
     return [
         FieldError(
             field=field_path(error["loc"]),
@@ -58,13 +64,15 @@ def field_errors(exc: ValidationError) -> list[FieldError]:
             reason=error["msg"].removeprefix("Value error, "),
             type=error["type"],
         )
-        for error in exc.errors(include_url=False, include_input=False)[:MAX_REPORTED_ERRORS]
+        for error in errors[:MAX_REPORTED_ERRORS]
     ]
 
 
 def invalid_request(errors: Sequence[FieldError], total: int | None = None) -> ApiError:
-    """422 for a request that is valid JSON but breaks the record contract."""
+    """422 for a request that is valid JSON but breaks the record contract: `total` invalid
+    fields (default: as many as `errors`), of which the first `MAX_REPORTED_ERRORS` are listed."""
     total = len(errors) if total is None else total
+    errors = errors[:MAX_REPORTED_ERRORS]
     shown = "" if total <= len(errors) else f" (first {len(errors)} shown)"
     first = errors[0]
     return ApiError(

@@ -2,22 +2,27 @@
 
 A request is all-or-nothing: any invalid record refuses the whole request, so nothing of it is
 stored. The checks run cheapest first: content type (415), declared size (413), streamed size
-(413), JSON syntax (400), array length (413), then the record models (422) and duplicate
-`OrderId`s within the request (422).
+(413) within the body deadline (408), JSON syntax (400), array length (413), then the record
+models (422) and duplicate `OrderId`s within the request (422).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from app.api.errors import ApiError, FieldError, field_errors, invalid_request
-from app.core.config import Settings
 from app.schemas import Purchase, UserEvent
 
 JSON_MEDIA_TYPE = "application/json"
+
+# What a body holds: one event (`PUT /SendEvent`) or an array of orders (`POST /PurchasedItems`).
+BodyKind = Literal["event", "purchases"]
+# `(key, value)` per record: `UserId` and the record's canonical JSON, as stored in Kafka.
+KafkaRecords = list[tuple[bytes, bytes]]
 
 
 def is_json_media_type(content_type: str | None) -> bool:
@@ -36,8 +41,12 @@ def too_large(limit: int) -> ApiError:
     )
 
 
-async def read_json_body(request: Request, max_bytes: int) -> bytes:
-    """The body of a JSON request, refused early when it is not JSON or too large."""
+class ClientGone(Exception):
+    """The client closed the connection before its request body had arrived."""
+
+
+async def read_json_body(request: Request, max_bytes: int, timeout: float) -> bytes:
+    """The body of a JSON request, refused early when it is not JSON, too large or too slow."""
     content_type = request.headers.get("content-type")
     if not is_json_media_type(content_type):
         raise ApiError(
@@ -51,16 +60,28 @@ async def read_json_body(request: Request, max_bytes: int) -> bytes:
     # Counted while streaming too: chunked requests declare no length.
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise too_large(max_bytes)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise too_large(max_bytes)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(
+            408,
+            f"The request body did not arrive within {timeout:g} s "
+            "(API_BODY_TIMEOUT_SECONDS); nothing was stored. Send it again, or fewer records.",
+            headers={"Connection": "close"},
+        ) from None
+    except ClientDisconnect:
+        raise ClientGone from None
     return b"".join(chunks)
 
 
-def _refusal(exc: ValidationError) -> ApiError:
-    """Turn pydantic's verdict into the answer: 400 for broken JSON, else 422 naming fields."""
+def _refusal(exc: ValidationError, max_batch: int) -> ApiError:
+    """Turn pydantic's verdict into the answer: 400 for broken JSON, 413 for too many orders,
+    else 422 naming fields. Its list of errors is built once: it can hold one per JSON key."""
     errors = exc.errors(include_url=False, include_input=False)
     if errors[0]["type"] == "json_invalid":
         return ApiError(
@@ -68,17 +89,26 @@ def _refusal(exc: ValidationError) -> ApiError:
             f"The body is not valid JSON ({errors[0]['msg'].removeprefix('Invalid JSON: ')}). "
             "Nothing was stored.",
         )
-    return invalid_request(field_errors(exc), exc.error_count())
+    # An over-long array is refused as too large even if its records are also invalid.
+    for error in errors:
+        if error["type"] == "too_long" and error["loc"] == ():
+            return ApiError(
+                413,
+                f"The array has {error['ctx']['actual_length']} orders; at most "
+                f"{max_batch} are accepted per request (API_MAX_BATCH). "
+                "Split it into smaller requests.",
+            )
+    return invalid_request(field_errors(errors), len(errors))
 
 
 class RecordParser:
     """Validates request bodies against the record models, within the configured limits."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.max_batch = settings.api_max_batch
+    def __init__(self, max_batch: int) -> None:
+        self.max_batch = max_batch
         self._event = TypeAdapter(UserEvent)
         self._purchases = TypeAdapter(
-            Annotated[list[Purchase], Field(min_length=1, max_length=settings.api_max_batch)]
+            Annotated[list[Purchase], Field(min_length=1, max_length=max_batch)]
         )
 
     def event(self, body: bytes) -> UserEvent:
@@ -86,27 +116,23 @@ class RecordParser:
         try:
             return self._event.validate_json(body)
         except ValidationError as exc:
-            raise _refusal(exc) from None
+            raise _refusal(exc, self.max_batch) from None
 
     def purchases(self, body: bytes) -> list[Purchase]:
         """A non-empty array of orders with distinct `OrderId`s, or ApiError (400/413/422)."""
         try:
             orders = self._purchases.validate_json(body)
         except ValidationError as exc:
-            # An over-long array is refused as too large even if its records are also invalid.
-            for error in exc.errors(include_url=False, include_input=False):
-                if error["type"] == "too_long" and error["loc"] == ():
-                    raise ApiError(
-                        413,
-                        f"The array has {error['ctx']['actual_length']} orders; at most "
-                        f"{self.max_batch} are accepted per request (API_MAX_BATCH). "
-                        "Split it into smaller requests.",
-                    ) from None
-            raise _refusal(exc) from None
+            raise _refusal(exc, self.max_batch) from None
         duplicates = duplicate_order_ids(orders)
         if duplicates:
             raise invalid_request(duplicates)
         return orders
+
+    def records(self, kind: BodyKind, body: bytes) -> KafkaRecords:
+        """The body's records as Kafka stores them, or ApiError."""
+        parsed = [self.event(body)] if kind == "event" else self.purchases(body)
+        return [(record.user_id.encode(), record.to_json_bytes()) for record in parsed]
 
 
 def duplicate_order_ids(orders: list[Purchase]) -> list[FieldError]:

@@ -1,11 +1,14 @@
 """Prometheus metrics of the API, served at `GET /metrics` in the text format.
 
 Each app gets its own registry, so several apps in one process (tests) never collide. Requests are
-counted by route template (not raw path, which would let any client create label values).
+counted by route template (not raw path, which would let any client create label values). A
+request whose client hung up before its body arrived is counted with status 499 (nginx's
+"client closed request"), and in `api_client_disconnects`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -16,6 +19,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 __all__ = ["CONTENT_TYPE_LATEST", "ApiMetrics", "MetricsMiddleware"]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# The event-loop probe sleeps this long, 20 times a second, and records how late it wakes.
+LOOP_PROBE_SECONDS = 0.05
 
 
 class ApiMetrics:
@@ -48,9 +53,28 @@ class ApiMetrics:
             ["topic", "reason"],
             registry=self.registry,
         )
+        self.client_disconnects = Counter(
+            "api_client_disconnects",
+            "Requests whose client closed the connection before the body arrived, by route.",
+            ["route"],
+            registry=self.registry,
+        )
+        self.loop_lag = Histogram(
+            "api_event_loop_lag_seconds",
+            "How late the event loop woke a task sleeping 50 ms: how long it was busy elsewhere.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    async def probe_event_loop(self) -> None:
+        """Record the event loop's lag, for as long as the app runs (its lifespan's task)."""
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(LOOP_PROBE_SECONDS)
+            self.loop_lag.observe(max(0.0, time.perf_counter() - started - LOOP_PROBE_SECONDS))
 
 
 class MetricsMiddleware:

@@ -1,4 +1,4 @@
-"""The API's routes: thin handlers over `RecordParser` (validation) and `RecordProducer` (Kafka).
+"""The API's routes: thin handlers over `BodyValidator` (validation) and `RecordProducer` (Kafka).
 
 The routes close over the app's one `Ingest` object instead of resolving a dependency per
 request: on the hot path FastAPI's dependency solving costs more than the validation. The two
@@ -15,29 +15,33 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
 from app.api.errors import ErrorBody
-from app.api.ingest import JSON_MEDIA_TYPE, RecordParser, read_json_body
+from app.api.ingest import JSON_MEDIA_TYPE, KafkaRecords, read_json_body
 from app.api.metrics import CONTENT_TYPE_LATEST, ApiMetrics
 from app.api.producer import KafkaUnavailable, RecordProducer
+from app.api.validation import BodyValidator
 from app.core.config import Settings
-from app.schemas import Purchase, UserEvent
 
 
 class Ingest:
     """What the routes need, built once per app (see `app.api.main.create_app`); the producer
-    starts and stops with the app's lifespan."""
+    and the validation workers start and stop with the app's lifespan."""
 
-    def __init__(self, settings: Settings, producer: RecordProducer, metrics: ApiMetrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        producer: RecordProducer,
+        validator: BodyValidator,
+        metrics: ApiMetrics,
+    ) -> None:
         self.settings = settings
-        self.parser = RecordParser(settings)
         self.producer = producer
+        self.validator = validator
         self.metrics = metrics
 
-    async def publish(self, topic: str, records: list[UserEvent] | list[Purchase]) -> Response:
-        """Store the records in `topic` keyed by `UserId`; answer 200 once Kafka acknowledged."""
+    async def publish(self, topic: str, records: KafkaRecords) -> Response:
+        """Store the records in `topic`; answer 200 once Kafka acknowledged them all."""
         try:
-            await self.producer.send(
-                topic, [(record.user_id.encode(), record.to_json_bytes()) for record in records]
-            )
+            await self.producer.send(topic, records)
         except KafkaUnavailable as exc:
             self.metrics.produce_failures.labels(topic, exc.reason).inc()
             raise
@@ -67,12 +71,14 @@ def _error(description: str) -> dict[str, Any]:
 
 INGEST_ERRORS: dict[int | str, dict[str, Any]] = {
     400: _error("The body is not valid JSON."),
+    408: _error("The body did not arrive within API_BODY_TIMEOUT_SECONDS of the headers."),
     413: _error("Body over API_MAX_BODY_BYTES, or more orders than API_MAX_BATCH."),
     415: _error("Content-Type is not application/json."),
     422: _error("A record breaks the contract; `errors` names each field and the reason."),
     503: _error(
-        "Kafka did not acknowledge every record within API_PRODUCE_TIMEOUT_SECONDS; retry after "
-        "the `Retry-After` seconds. Some records may have been stored (at-least-once)."
+        "Kafka did not acknowledge every record within API_PRODUCE_TIMEOUT_SECONDS (or, rarely, "
+        "a validation worker died); retry after the `Retry-After` seconds. Some records may "
+        "have been stored (at-least-once)."
     ),
 }
 
@@ -123,9 +129,11 @@ def ingest_router(ingest: Ingest) -> APIRouter:
         ),
     )
     async def send_event(request: Request) -> Response:
-        body = await read_json_body(request, settings.api_max_body_bytes)
-        event = ingest.parser.event(body)
-        return await ingest.publish(settings.topic_user_events, [event])
+        body = await read_json_body(
+            request, settings.api_max_body_bytes, settings.api_body_timeout_seconds
+        )
+        records = await ingest.validator.records("event", body)
+        return await ingest.publish(settings.topic_user_events, records)
 
     @router.post(
         "/PurchasedItems",
@@ -143,9 +151,11 @@ def ingest_router(ingest: Ingest) -> APIRouter:
         ),
     )
     async def purchased_items(request: Request) -> Response:
-        body = await read_json_body(request, settings.api_max_body_bytes)
-        orders = ingest.parser.purchases(body)
-        return await ingest.publish(settings.topic_purchased_item, orders)
+        body = await read_json_body(
+            request, settings.api_max_body_bytes, settings.api_body_timeout_seconds
+        )
+        records = await ingest.validator.records("purchases", body)
+        return await ingest.publish(settings.topic_purchased_item, records)
 
     @router.get("/health", summary="Liveness (always 200) and Kafka readiness")
     async def health() -> Health:

@@ -32,7 +32,20 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_max_batch: int = Field(default=1000, ge=1)
-    api_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # The largest legitimate request: 1,000 orders of 10 product lines each (the generator's
+    # have 1-4) take 1.1 MB as json.dumps writes them; 2 MiB leaves room for long ids and indents.
+    api_max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    # Processes validating bodies over 16 KiB, off the event loop (at most this many at once).
+    api_validation_workers: int = Field(default=2, ge=1)
+    # Slow clients. A connection is closed when a request's headers are not complete this long
+    # after it opened or after its previous answer (idle keep-alive connections too) ...
+    api_header_timeout_seconds: int = Field(default=5, ge=1)
+    # ... and a request whose body has not fully arrived this long after its headers gets a 408.
+    api_body_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Open connections (or requests in progress) from which on new requests get a 503.
+    api_max_connections: int = Field(default=1000, ge=1)
+    # On stop, requests in progress get this long to finish (> the produce timeout).
+    api_graceful_shutdown_seconds: int = Field(default=10, ge=1)
     api_produce_timeout_seconds: float = Field(default=5.0, gt=0)
     # How long /health and /health/ready wait for Kafka's metadata answer.
     api_health_timeout_seconds: float = Field(default=1.0, gt=0)
@@ -61,6 +74,8 @@ class Settings(BaseSettings):
     mongo_quarantine_collection: str = "user_events_quarantine"
     # Batches the drain stored whose events task 2 has not counted yet.
     mongo_pending_collection: str = "user_event_counts_pending"
+    # The drain's memory of each topic's id, to notice a topic that was re-created.
+    mongo_drain_state_collection: str = "user_events_drain_state"
 
     # S3 (MinIO in compose, an S3-compatible server in local mode)
     s3_endpoint_url: str = "http://127.0.0.1:9000"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from app.core.config import Settings
@@ -54,3 +54,11 @@ def ensure_topics(settings: Settings, topics: list[str] | None = None) -> list[s
         + (" (created)" if name in missing else "")
         for name in wanted
     ]
+
+
+def topic_id(settings: Settings, topic: str, timeout: float = 15) -> str:
+    """The id Kafka gave `topic` when it was created: a re-created topic has a new one."""
+    # The client must outlive the future: a collected client cancels it (`_DESTROY`).
+    admin = admin_client(settings)
+    future = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)[topic]
+    return str(future.result().topic_id)

@@ -54,10 +54,22 @@ def resolve_mode(settings: Settings) -> str:
     return "docker" if docker_engine_answers() else "local"
 
 
-def _compose(*args: str, timeout: float = 600) -> str:
+def compose_environment(settings: Settings) -> dict[str, str]:
+    """What compose substitutes into `infra/compose.yml`: every setting (so `.env` and exported
+    variables apply) plus the ports the settings derive from their URLs."""
+    return {
+        **settings.as_environment(),
+        "KAFKA_PORT": str(settings.kafka_port),
+        "MONGO_PORT": str(settings.mongo_port),
+        "S3_PORT": str(settings.s3_port),
+    }
+
+
+def _compose(settings: Settings, *args: str, timeout: float = 600) -> str:
     return run(
         ["docker", "compose", "-f", str(COMPOSE_FILE), *args],
         what=f"docker compose {' '.join(args)}",
+        env=compose_environment(settings),
         timeout=timeout,
     )
 
@@ -82,7 +94,7 @@ def _up(settings: Settings) -> None:
     started = time.monotonic()
     print(f"infra-up: {mode} mode (data and logs under {settings.lab_home})")
     if mode == "docker":
-        _compose("up", "-d", "--wait", "kafka", "mongo", "minio", "postgres")
+        _compose(settings, "up", "-d", "--wait")
     else:
         for service in local_services(settings):
             print(f"  {service.name:<9} {service.describe():<40} ...", end="", flush=True)
@@ -123,7 +135,7 @@ def down(settings: Settings) -> None:
 def _down(settings: Settings) -> None:
     mode = resolve_mode(settings)
     if mode == "docker":
-        _compose("down")
+        _compose(settings, "down")
         print("infra-down: compose services stopped (volumes kept)")
     else:
         for service in reversed(local_services(settings)):
@@ -136,7 +148,7 @@ def status_rows(settings: Settings) -> list[dict[str, object]]:
     mode = resolve_mode(settings)
     rows: list[dict[str, object]] = []
     if mode == "docker":
-        out = _compose("ps", "--format", "json", timeout=60)
+        out = _compose(settings, "ps", "--format", "json", timeout=60)
         for line in out.splitlines():
             item = json.loads(line)
             rows.append(

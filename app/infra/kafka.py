@@ -116,8 +116,7 @@ class Kafka(LocalService):
         )
 
     def launch(self) -> Launch:
-        config = str(self.config_file)
-        return Launch(argv=self._java("kafka.Kafka", config), marker=config)
+        return Launch(argv=self._java("kafka.Kafka", str(self.config_file)))
 
     def ready(self) -> bool:
         from confluent_kafka.admin import AdminClient

@@ -49,14 +49,11 @@ class Mongo(LocalService):
             timeout=2400,
         )
 
-    def prepare(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-
     def launch(self) -> Launch:
         if self.mongod:
             argv = [self.mongod, "--bind_ip", HOST, "--port", str(self.port)]
             argv += ["--dbpath", str(self.data_dir), "--quiet"]
-            return Launch(argv=argv, marker=str(self.data_dir))
+            return Launch(argv=argv)
         return Launch(
             argv=[
                 str(self.ferretdb_binary),
@@ -65,7 +62,6 @@ class Mongo(LocalService):
                 f"-sqlite-url={self.data_dir}",
                 "-log-level=warn",
             ],
-            marker=str(self.data_dir),
         )
 
     def ready(self) -> bool:

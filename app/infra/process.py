@@ -1,8 +1,9 @@
 """Start, watch and stop the lab's local background processes.
 
 Each process gets a log file under `<lab_home>/logs/` and a pid file under `<lab_home>/run/`.
-Only processes whose pid file the lab wrote are ever stopped, and a pid is trusted only while its
-command line still matches, so a recycled pid is never killed.
+Only processes whose pid file the lab wrote are ever stopped, and a pid is trusted only while the
+process holding it started at the time the file records (psutil, so Linux and macOS alike): a
+recycled pid is never signalled.
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil  # type: ignore[import-untyped]  # no stubs installed
+
+# create_time() is rounded differently by platforms; a reused pid starts seconds apart at least.
+START_TIME_TOLERANCE = 0.05
 
 
 class InfraError(RuntimeError):
@@ -44,27 +50,44 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def _cmdline(pid: int) -> str:
+def private_dir(path: Path) -> Path:
+    """Create `path` (and parents) and make it readable by its owner only (0700)."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def _start_time(pid: int) -> float | None:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
 
 
 def running_pid(files: ProcessFiles) -> int | None:
     """The pid of the lab's process if it is alive and still the one the lab started."""
     try:
-        pid_text, _, marker = files.pid.read_text().partition("\n")
+        pid_text, _, recorded = files.pid.read_text().partition("\n")
         pid = int(pid_text)
     except (OSError, ValueError):
         return None
-    cmdline = _cmdline(pid)
-    if not cmdline or (marker.strip() and marker.strip() not in cmdline):
-        return None
-    # A zombie (exited, not yet reaped) counts as gone.
-    with contextlib.suppress(OSError):
-        if "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text():
+    try:
+        process = psutil.Process(pid)
+        try:
+            started = float(recorded)
+        except ValueError:
+            # A pid file of an older lab: the pid and a word of the command line it started.
+            if not recorded.strip() or recorded.strip() not in " ".join(process.cmdline()):
+                return None
+        else:
+            # The same pid with another start time is another process that reused the number.
+            if abs(process.create_time() - started) > START_TIME_TOLERANCE:
+                return None
+        # A zombie (exited, not yet reaped) counts as gone.
+        if process.status() == psutil.STATUS_ZOMBIE:
             return None
+    except psutil.Error:
+        return None
     return pid
 
 
@@ -74,7 +97,6 @@ def start_process(
     *,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
-    marker: str | None = None,
     user: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start `argv` detached (own session), output appended to the log, pid recorded."""
@@ -95,7 +117,10 @@ def start_process(
             user=user,
             group=user,
         )
-    files.pid.write_text(f"{proc.pid}\n{marker or argv[0]}\n")
+    started = _start_time(proc.pid)
+    # A process that is already gone gets no pid file; the caller sees its exit.
+    if started is not None:
+        files.pid.write_text(f"{proc.pid}\n{started!r}\n")
     return proc
 
 
@@ -107,8 +132,8 @@ def stop_process(
     if pid is None:
         files.pid.unlink(missing_ok=True)
         return False
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, stop_signal)
+    with contextlib.suppress(psutil.Error):
+        psutil.Process(pid).send_signal(stop_signal)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and running_pid(files) is not None:
         time.sleep(0.2)

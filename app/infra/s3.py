@@ -50,16 +50,17 @@ class ObjectStore(LocalService):
                 log=self.files.log,
             )
 
-    def prepare(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-
     def launch(self) -> Launch:
         s = self.settings
         if self.minio:
             return Launch(
                 argv=[self.minio, "server", str(self.data_dir), "--address", f"{HOST}:{self.port}"],
-                env={"MINIO_ROOT_USER": s.s3_access_key, "MINIO_ROOT_PASSWORD": s.s3_secret_key},
-                marker=str(self.data_dir),
+                env={
+                    "MINIO_ROOT_USER": s.s3_access_key,
+                    "MINIO_ROOT_PASSWORD": s.s3_secret_key,
+                    # The web console would listen on every interface; the lab does without it.
+                    "MINIO_BROWSER": "off",
+                },
             )
         return Launch(
             argv=[
@@ -76,7 +77,6 @@ class ObjectStore(LocalService):
             ],
             # Credentials through the environment keep them out of `ps` output.
             env={"ROOT_ACCESS_KEY": s.s3_access_key, "ROOT_SECRET_KEY": s.s3_secret_key},
-            marker=str(self.data_dir),
         )
 
     def ready(self) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from app.infra.process import (
     InfraError,
     ProcessFiles,
     port_open,
+    private_dir,
     run,
     running_pid,
     start_process,
@@ -27,6 +29,14 @@ from app.infra.process import (
 
 HOST = "127.0.0.1"
 
+# Every connection, socket or TCP, proves the password (SCRAM); nothing is trusted.
+PG_HBA = """\
+# Written by the lab on every start (app/infra/services.py); edits here are replaced.
+local all all scram-sha-256
+host all all 127.0.0.1/32 scram-sha-256
+host all all ::1/128 scram-sha-256
+"""
+
 
 @dataclass
 class Launch:
@@ -34,8 +44,6 @@ class Launch:
     env: dict[str, str] = field(default_factory=dict)
     user: str | None = None
     cwd: Path | None = None
-    # A string of the command line that identifies our process (guards against pid reuse).
-    marker: str | None = None
 
 
 class LocalService(ABC):
@@ -89,6 +97,8 @@ class LocalService(ABC):
                     f"another port in .env."
                 )
         self.install()
+        # The data is the service's alone: other local accounts cannot read around its auth.
+        private_dir(self.data_dir)
         self.prepare()
         spec = self.launch()
         process = start_process(
@@ -97,7 +107,6 @@ class LocalService(ABC):
             env=spec.env,
             user=spec.user,
             cwd=spec.cwd,
-            marker=spec.marker or spec.argv[0],
         )
         took = wait_until(
             self.ready,
@@ -182,42 +191,54 @@ class Postgres(LocalService):
         if self._os_user:
             shutil.chown(path, self._os_user, self._os_user)
 
+    def _as_server_user(self, argv: list[str]) -> list[str]:
+        if not self._os_user:
+            return argv
+        user = self._os_user
+        return ["setpriv", "--reuid", user, "--regid", user, "--init-groups", *argv]
+
     def prepare(self) -> None:
-        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        # Only the server's user may enter the socket folder: no other local account reaches
+        # the server through it, and over TCP every account needs the password.
+        private_dir(self.socket_dir)
         self._own(self.socket_dir)
-        if (self.data_dir / "PG_VERSION").exists():
-            return
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb()
+        # Written on every start, so a cluster made by an older lab (trust) is tightened too.
+        hba = self.data_dir / "pg_hba.conf"
+        hba.write_text(PG_HBA)
+        hba.chmod(0o600)
+        self._own(hba)
+
+    def _initdb(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._own(self.data_dir)
-        pwfile = self.home / "run" / "postgres-pw"
-        pwfile.write_text(self.settings.postgres_password + "\n")
-        self._own(pwfile)
-        try:
+        # initdb reads the superuser's password from a file: one only the server's user can read.
+        with tempfile.TemporaryDirectory(prefix="initdb-", dir=self.home / "run") as folder:
+            self._own(Path(folder))
+            pwfile = Path(folder) / "password"
+            descriptor = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(self.settings.postgres_password + "\n")
+            self._own(pwfile)
             run(
-                [
-                    "setpriv" if self._os_user else "env",
-                    *(
-                        ["--reuid", self._os_user, "--regid", self._os_user, "--init-groups"]
-                        if self._os_user
-                        else []
-                    ),
-                    str(self._bindir() / "initdb"),
-                    "-D",
-                    str(self.data_dir),
-                    "-U",
-                    self.settings.postgres_user,
-                    f"--pwfile={pwfile}",
-                    "--auth-local=trust",
-                    "--auth-host=scram-sha-256",
-                    "--encoding=UTF8",
-                    "--locale=C",
-                ],
+                self._as_server_user(
+                    [
+                        str(self._bindir() / "initdb"),
+                        "-D",
+                        str(self.data_dir),
+                        "-U",
+                        self.settings.postgres_user,
+                        f"--pwfile={pwfile}",
+                        "--auth=scram-sha-256",
+                        "--encoding=UTF8",
+                        "--locale=C",
+                    ]
+                ),
                 what="initdb",
                 log=self.files.log,
                 timeout=300,
             )
-        finally:
-            pwfile.unlink(missing_ok=True)
 
     def launch(self) -> Launch:
         return Launch(
@@ -238,7 +259,6 @@ class Postgres(LocalService):
             ],
             user=self._os_user,
             cwd=self.data_dir,
-            marker=str(self.data_dir),
         )
 
     def ready(self) -> bool:

@@ -83,7 +83,9 @@ def _constraint_rule(item: Any, name: str, where: str, *, is_list: bool) -> Rule
         return (lambda r: breaks(r[name], bound), f"{where} must be {symbol} {bound}")
     if getattr(item, "pattern", None):
         pattern = item.pattern
-        return (lambda r: ~r[name].rlike(pattern), f"{where} must match {pattern}")
+        # A rule of the contract (`app.schemas.TextPattern`) says itself what it wants.
+        says = getattr(item, "message", None) or f"must match {pattern}"
+        return (lambda r: ~r[name].rlike(pattern), f"{where} {says}")
     if isinstance(item, _ENFORCED_ELSEWHERE):
         return None
     # A new kind of constraint in the model must be decided on here, not skipped silently.

@@ -11,6 +11,7 @@ No S3A committer is configured on purpose: the streaming file sink does not rena
 
 from __future__ import annotations
 
+import os
 from urllib.parse import urlparse
 
 from pyspark.sql import SparkSession
@@ -70,8 +71,13 @@ def build_spark_session(
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
         .config("spark.ui.enabled", str(ui).lower())
         .config("spark.ui.showConsoleProgress", "false")
+        # The UI's kill links would let anyone who reaches the port stop the stream.
+        .config("spark.ui.killEnabled", "false")
     )
     if master.startswith("local"):
+        # The web UI binds SPARK_LOCAL_IP, else every interface (spark.driver.bindAddress does
+        # not apply to it); the JVM that getOrCreate starts inherits this environment.
+        os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
         # The lab runs on loopback; don't depend on the host name resolving.
         builder = builder.config("spark.driver.host", "127.0.0.1").config(
             "spark.driver.bindAddress", "127.0.0.1"

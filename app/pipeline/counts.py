@@ -1,20 +1,21 @@
 """Task 2 of the DAG: keep `user_event_counts` exact, with work that follows the new batch.
 
 Each counts document is `{UserId, EventName, EventCount, CountedUpTo}` with `_id` = the pair.
-`CountedUpTo` maps a partition to the offset below which that pair's events are counted, so
-adding a pending batch (written by the drain) counts only its offsets at or above the mark:
-applying a batch twice, or two overlapping batches after a crash and re-read, adds each event
-once. Batches are applied in offset order per partition (their `_id` sorts that way), and every
-batch lists *all* of a pair's events in its offset range, so no event below a mark is missed.
+`CountedUpTo` maps a partition (of one incarnation of the topic: `<topic id>:<partition>`, so a
+re-created topic whose offsets start again is counted afresh) to the offset below which that
+pair's events are counted, so adding a pending batch (written by the drain) counts only its
+offsets at or above the mark: applying a batch twice, or two overlapping batches after a crash
+and re-read, adds each event once. Batches are applied in offset order per partition (their
+`_id` sorts that way), and every batch lists all of a pair's events to count in its offset range
+(duplicate deliveries are left out by the drain), so no event below a mark is missed.
 
 Every write sets one pair's absolute count and marks together, in one single-document insert or
 update: a refresh interrupted anywhere leaves each pair either before or after the batches, and
 the next refresh applies them again from the pending batches, which are dropped only after that.
 
-The refresh never reads the events collection and touches counts documents only by `_id`, so its
-cost follows the pending batches and the pairs they touch, not the history. That matters on
-FerretDB 1.x, which answers any filter but a single `_id` equality with a full scan (the lab's
-patched build; unpatched, even that scans), and has no `$merge` nor transactions.
+The refresh never reads the events collection and reads and writes counts documents by `_id`
+only (`EventStore` hides how), so its cost follows the pending batches and the pairs they touch,
+not the history.
 
 One refresh runs at a time: the DAG's `max_active_runs=1` guarantees it.
 """
@@ -27,16 +28,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pymongo import UpdateOne
-
 from app.core.config import Settings
 from app.pipeline.store import Document, EventStore, mongo_client
 
 log = logging.getLogger(__name__)
-
-# Updates per `update` command. Unpatched FerretDB 1.24 holds a connection per matched statement
-# until the command ends, and hangs once its pool (100) is exhausted; see infra/ferretdb/build.sh.
-UPDATES_PER_COMMAND = 50
 
 
 @dataclass
@@ -68,6 +63,12 @@ def new_count(user_id: str, event_name: str) -> Document:
     }
 
 
+def mark_key(batch: Document) -> str:
+    """The key of a pending batch's partition in `CountedUpTo`."""
+    topic_id = batch.get("TopicId")
+    return f"{topic_id}:{batch['Partition']}" if topic_id else str(batch["Partition"])
+
+
 def apply_batches(counts: dict[str, Document], batches: Iterable[Document]) -> tuple[int, set[str]]:
     """Add the not-yet-counted events of pending `batches` (in `_id` order) to `counts`.
 
@@ -78,7 +79,7 @@ def apply_batches(counts: dict[str, Document], batches: Iterable[Document]) -> t
     counted = 0
     changed: set[str] = set()
     for batch in batches:
-        partition = str(batch["Partition"])
+        partition = mark_key(batch)
         for pair in batch["Pairs"]:
             key = pair_key(pair["UserId"], pair["EventName"])
             document = counts.get(key)
@@ -95,13 +96,10 @@ def apply_batches(counts: dict[str, Document], batches: Iterable[Document]) -> t
 
 
 def _chunks(store: EventStore, max_pairs: int) -> Iterator[list[Document]]:
-    """Pending batches in `_id` order, grouped so each group lists about `max_pairs` pairs.
-
-    One sorted pass: FerretDB would scan the whole collection for every filtered read.
-    """
+    """Pending batches in `_id` order, grouped so each group lists about `max_pairs` pairs."""
     chunk: list[Document] = []
     pairs = 0
-    for batch in store.pending.find().sort("_id", 1):
+    for batch in store.pending_batches():
         if chunk and pairs + batch["PairCount"] > max_pairs:
             yield chunk
             chunk, pairs = [], 0
@@ -109,25 +107,6 @@ def _chunks(store: EventStore, max_pairs: int) -> Iterator[list[Document]]:
         pairs += batch["PairCount"]
     if chunk:
         yield chunk
-
-
-def _write(store: EventStore, documents: list[Document], existing: set[str]) -> None:
-    """Store each pair's count and marks: new pairs in one `insert_many`, the others with one
-    atomic single-document update each."""
-    new = [document for document in documents if document["_id"] not in existing]
-    if new:
-        store.counts.insert_many(new, ordered=False)
-    updates = [
-        UpdateOne(
-            {"_id": document["_id"]},
-            {"$set": {k: v for k, v in document.items() if k != "_id"}},
-            upsert=True,
-        )
-        for document in documents
-        if document["_id"] in existing
-    ]
-    for start in range(0, len(updates), UPDATES_PER_COMMAND):
-        store.counts.bulk_write(updates[start : start + UPDATES_PER_COMMAND], ordered=False)
 
 
 def refresh_event_counts(settings: Settings) -> CountsSummary:
@@ -140,19 +119,14 @@ def refresh_event_counts(settings: Settings) -> CountsSummary:
         store.ensure_indexes()
         for batches in _chunks(store, settings.counts_batch_size):
             keys = {pair_key(p["UserId"], p["EventName"]) for b in batches for p in b["Pairs"]}
-            # One lookup per pair by `_id`: an `$in` would scan the whole collection on FerretDB.
-            counts = {
-                key: document
-                for key in sorted(keys)
-                if (document := store.counts.find_one({"_id": key})) is not None
-            }
+            counts = store.find_by_ids(store.counts, keys)
             existing = set(counts)
             counted, changed = apply_batches(counts, batches)
-            _write(store, [counts[key] for key in sorted(changed)], existing)
+            store.write_counts([counts[key] for key in sorted(changed)], existing)
             # Dropped once their pairs are written. Applying a batch again changes nothing, so a
             # crash before this costs a little repeated work, never a wrong count.
             for batch in batches:
-                store.pending.delete_one({"_id": batch["_id"]})
+                store.drop_pending(batch)
             summary.batches += len(batches)
             summary.events_counted += counted
             summary.pairs_written += len(changed)

@@ -1,49 +1,64 @@
 """Task 1 of the DAG: move every `UserEvents` message waiting in Kafka into MongoDB, exactly once.
 
-Exactly once, whatever crashes or retries happen, comes from the order of three writes per batch:
+An event's identity is a fingerprint of its content (`event_id`), not where Kafka put it: a client
+that retries after a timeout may deliver the same event twice, at two offsets, and it must be
+stored and counted once. The Kafka coordinates stay on the document as lineage.
 
-1. each valid event is inserted with a deterministic `_id` (its Kafka coordinates), so a message
-   read twice is stored once; invalid messages go to the quarantine collection the same way;
+Exactly once, whatever crashes, retries or resets happen, comes from the order of three writes
+per batch:
+
+1. each valid event is inserted with its fingerprint as `_id`, so an event read or delivered
+   twice is stored once; invalid messages go to the quarantine collection, keyed by their Kafka
+   coordinates (including the topic's id);
 2. a *pending batch* document per partition records, for each (UserId, EventName) pair, the
-   offsets of its events in the batch; task 2 (`app.pipeline.counts`) counts from these;
+   offsets of the events to count: the ones stored now and the ones this very message stored
+   before (a batch read again after a crash). An event whose fingerprint another message stored
+   is a duplicate delivery and is left out. Task 2 (`app.pipeline.counts`) counts from these;
 3. only then are the batch's offsets committed (auto-commit is off).
 
 A crash before 3 makes the next run read the batch again: 1 and 2 are repeated harmlessly.
 The end offsets taken when a partition is assigned bound the run, so it ends even while the
 generator keeps producing; `drain_max_records` and `drain_max_seconds` let a large backlog drain
 over several runs.
+
+When Kafka lost its data (the topic deleted and re-created, the broker's folder wiped), offsets
+start again at 0. The drain notices it (a new topic id, or a committed offset past the end),
+says so in the log, and reads the partition from its start; the counting marks are kept per
+topic id, so the new topic's events are counted although their offsets were seen before.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
-from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo.errors import PyMongoError
 
 from app.core.config import Settings
+from app.core.errors import LabError
+from app.core.kafka import topic_id as current_topic_id
 from app.pipeline.store import Document, EventStore, mongo_client
 from app.schemas import UserEvent, parse_json_object
 
 log = logging.getLogger(__name__)
 
-DUPLICATE_KEY = 11000
 POLL_TIMEOUT_MS = 500
 
 
-class DrainError(RuntimeError):
+class DrainError(LabError):
     """The drain stopped; the message says what happened and what to do."""
 
 
@@ -53,10 +68,14 @@ class DrainSummary:
 
     consumed: int = 0
     stored: int = 0
-    # Messages whose document already existed: re-read after a crash before the commit.
+    # Messages whose event this same message had stored: re-read after a crash before the commit.
     already_stored: int = 0
+    # Events another message had stored already: a client's retry delivered them twice.
+    duplicates: int = 0
     quarantined: int = 0
     batches: int = 0
+    # Partitions read again from their start because Kafka lost its data or the topic changed.
+    resets: int = 0
     # Messages below the end offsets taken at start that a cap left for the next run.
     left: int = 0
     stopped: str = "caught up"
@@ -72,13 +91,20 @@ class Batch:
 
     events: list[Document] = field(default_factory=list)
     quarantine: list[Document] = field(default_factory=list)
-    pending: list[Document] = field(default_factory=list)
+    # partition -> first offset of the batch in it (poison messages included)
+    first_offsets: dict[int, int] = field(default_factory=dict)
     commit: dict[TopicPartition, int] = field(default_factory=dict)
 
 
-def message_id(topic: str, partition: int, offset: int) -> str:
-    """The `_id` of a message's document: its coordinates, the same every time it is read."""
-    return f"{topic}:{partition}:{offset}"
+def event_id(event: UserEvent) -> str:
+    """The `_id` of an event: a fingerprint of its canonical content (the wire form the API
+    stores, with the time normalised to UTC), the same whichever message carries it."""
+    return hashlib.sha256(event.to_json_bytes()).hexdigest()[:32]
+
+
+def message_id(topic: str, topic_id: str | None, partition: int, offset: int) -> str:
+    """The `_id` of a quarantined message: its coordinates in this incarnation of the topic."""
+    return f"{topic}:{topic_id or '-'}:{partition}:{offset}"
 
 
 def pending_id(partition: int, first_offset: int, batch_token: str) -> str:
@@ -86,30 +112,31 @@ def pending_id(partition: int, first_offset: int, batch_token: str) -> str:
     return f"{partition:05d}:{first_offset:020d}:{batch_token}"
 
 
-def _kafka_coordinates(record: ConsumerRecord) -> Document:
+def _kafka_lineage(record: ConsumerRecord, topic_id: str | None) -> Document:
     timestamp = (
         datetime.fromtimestamp(record.timestamp / 1000, UTC) if record.timestamp >= 0 else None
     )
     return {
         "Topic": record.topic,
+        "TopicId": topic_id,
         "Partition": record.partition,
         "Offset": record.offset,
         "Timestamp": timestamp,
     }
 
 
-def event_document(event: UserEvent, record: ConsumerRecord) -> Document:
+def event_document(event: UserEvent, record: ConsumerRecord, topic_id: str | None) -> Document:
     """The stored form of a valid event: its wire fields, `TimeStamp` as a date, and where it
     came from in Kafka."""
-    document: Document = {"_id": message_id(record.topic, record.partition, record.offset)}
+    document: Document = {"_id": event_id(event)}
     document.update(event.to_wire())
     # A BSON date (millisecond precision) so time queries and sorting work in MongoDB.
     document["TimeStamp"] = event.timestamp
-    document["Kafka"] = _kafka_coordinates(record)
+    document["Kafka"] = _kafka_lineage(record, topic_id)
     return document
 
 
-def quarantine_document(record: ConsumerRecord, reason: str) -> Document:
+def quarantine_document(record: ConsumerRecord, reason: str, topic_id: str | None) -> Document:
     """The stored form of a message that is not a valid event: the raw value and why."""
     raw: bytes | None = record.value
     text: str | None
@@ -118,11 +145,11 @@ def quarantine_document(record: ConsumerRecord, reason: str) -> Document:
     except UnicodeDecodeError:
         text, encoding = base64.b64encode(raw or b"").decode(), "base64"
     return {
-        "_id": message_id(record.topic, record.partition, record.offset),
+        "_id": message_id(record.topic, topic_id, record.partition, record.offset),
         "Reason": reason,
         "RawValue": text,
         "RawEncoding": encoding,
-        "Kafka": _kafka_coordinates(record),
+        "Kafka": _kafka_lineage(record, topic_id),
         "QuarantinedAt": datetime.now(UTC),
     }
 
@@ -137,60 +164,94 @@ def invalid_reason(error: ValueError) -> str:
     return str(error)
 
 
-def prepare_batch(records: Iterable[ConsumerRecord], batch_token: str) -> Batch:
+def prepare_batch(records: Iterable[ConsumerRecord], topic_id: str | None) -> Batch:
     """Validate polled records and turn them into the documents to store.
 
     `records` must be in offset order within each partition, as `poll` returns them.
     """
     batch = Batch()
-    # partition -> (first offset, {(UserId, EventName): [offsets]})
-    pairs: dict[int, tuple[int, dict[tuple[str, str], list[int]]]] = {}
     for record in records:
-        tp = TopicPartition(record.topic, record.partition)
-        batch.commit[tp] = record.offset + 1
-        _, partition_pairs = pairs.setdefault(record.partition, (record.offset, {}))
+        batch.commit[TopicPartition(record.topic, record.partition)] = record.offset + 1
+        batch.first_offsets.setdefault(record.partition, record.offset)
         try:
-            event = UserEvent.model_validate(parse_json_object(record.value))
+            event = parse_event(record.value)
         except ValueError as error:
-            batch.quarantine.append(quarantine_document(record, invalid_reason(error)))
+            batch.quarantine.append(quarantine_document(record, invalid_reason(error), topic_id))
             continue
-        batch.events.append(event_document(event, record))
-        partition_pairs.setdefault((event.user_id, event.event_name.value), []).append(
-            record.offset
-        )
-    for partition, (first_offset, partition_pairs) in pairs.items():
-        if not partition_pairs:
-            continue
-        batch.pending.append(
-            {
-                "_id": pending_id(partition, first_offset, batch_token),
-                "Partition": partition,
-                "FirstOffset": first_offset,
-                "PairCount": len(partition_pairs),
-                "Pairs": [
-                    {"UserId": user_id, "EventName": event_name, "Offsets": offsets}
-                    for (user_id, event_name), offsets in partition_pairs.items()
-                ],
-            }
-        )
+        batch.events.append(event_document(event, record, topic_id))
     return batch
 
 
-def insert_new(collection: Collection[Document], documents: Sequence[Document]) -> int:
-    """Insert documents whose `_id` is not stored yet; return how many were new.
-
-    Only duplicate-key errors are expected (a message read again); any other error is raised.
-    """
-    if not documents:
-        return 0
+def parse_event(raw: bytes | None) -> UserEvent:
+    """The event a Kafka value holds, or ValueError saying why it is not one."""
     try:
-        return len(collection.insert_many(documents, ordered=False).inserted_ids)
-    except BulkWriteError as error:
-        details = error.details
-        unexpected = [e for e in details.get("writeErrors", []) if e.get("code") != DUPLICATE_KEY]
-        if unexpected or details.get("writeConcernErrors"):
-            raise
-        return int(details.get("nInserted", 0))
+        # Parsing and validating in one step (pydantic's JSON parser) is the fast, common path.
+        return UserEvent.model_validate_json(raw or b"")
+    except ValidationError:
+        # The slow path only words the reason: not JSON, not an object, or which field is wrong.
+        return UserEvent.model_validate(parse_json_object(raw))
+
+
+def same_delivery(stored: Document, document: Document) -> bool:
+    """Whether the stored event came from this very message (so it is being read again)."""
+    keys = ("TopicId", "Partition", "Offset")
+    return all(stored["Kafka"].get(key) == document["Kafka"][key] for key in keys)
+
+
+def pending_batches(
+    to_count: Sequence[Document], first_offsets: Mapping[int, int], batch_token: str
+) -> list[Document]:
+    """Pending-batch documents (one per partition) listing the offsets of `to_count` per pair."""
+    pairs: dict[int, dict[tuple[str, str], list[int]]] = {}
+    for document in to_count:
+        lineage = document["Kafka"]
+        by_pair = pairs.setdefault(lineage["Partition"], {})
+        by_pair.setdefault((document["UserId"], document["EventName"]), []).append(
+            lineage["Offset"]
+        )
+    topic_id = to_count[0]["Kafka"]["TopicId"] if to_count else None
+    return [
+        {
+            "_id": pending_id(partition, first_offsets[partition], batch_token),
+            "TopicId": topic_id,
+            "Partition": partition,
+            "FirstOffset": first_offsets[partition],
+            "PairCount": len(by_pair),
+            "Pairs": [
+                {"UserId": user_id, "EventName": event_name, "Offsets": offsets}
+                for (user_id, event_name), offsets in by_pair.items()
+            ],
+        }
+        for partition, by_pair in sorted(pairs.items())
+    ]
+
+
+@dataclass
+class Stored:
+    new: int = 0
+    read_again: int = 0
+    duplicates: int = 0
+
+
+def store_batch(store: EventStore, batch: Batch, batch_token: str) -> Stored:
+    """Write a batch in the order that makes a crash harmless (see the module's docstring)."""
+    existed = store.insert_new(store.events, batch.events)
+    stored = store.find_by_ids(
+        store.events, (batch.events[i]["_id"] for i in existed), fields=("Kafka",)
+    )
+    result = Stored(new=len(batch.events) - len(existed))
+    to_count = []
+    for index, document in enumerate(batch.events):
+        if index not in existed:
+            to_count.append(document)
+        elif same_delivery(stored[document["_id"]], document):
+            result.read_again += 1
+            to_count.append(document)
+        else:
+            result.duplicates += 1
+    store.insert_new(store.quarantine, batch.quarantine)
+    store.insert_new(store.pending, pending_batches(to_count, batch.first_offsets, batch_token))
+    return result
 
 
 def open_consumer(settings: Settings) -> KafkaConsumer:
@@ -235,12 +296,9 @@ def drain_user_events(settings: Settings) -> DrainSummary:
         client.close()
 
 
-def _store(store: EventStore, batch: Batch, settings: Settings) -> tuple[int, int]:
-    """Write a batch in the order that makes a crash harmless; return (new, already stored)."""
+def _store(store: EventStore, batch: Batch, settings: Settings) -> Stored:
     try:
-        new = insert_new(store.events, batch.events)
-        insert_new(store.quarantine, batch.quarantine)
-        insert_new(store.pending, batch.pending)
+        return store_batch(store, batch, uuid.uuid4().hex)
     except PyMongoError as error:
         raise DrainError(
             f"MongoDB at {settings.mongo_url} failed while storing a batch of "
@@ -248,7 +306,6 @@ def _store(store: EventStore, batch: Batch, settings: Settings) -> tuple[int, in
             f"{error}). Their offsets were not committed, so nothing is lost: the next run reads "
             "them again. Check MongoDB with `task infra-status`; `task infra-up` starts it."
         ) from error
-    return new, len(batch.events) - new
 
 
 def _commit(consumer: KafkaConsumer, offsets: Mapping[TopicPartition, int]) -> None:
@@ -263,6 +320,101 @@ def _commit(consumer: KafkaConsumer, offsets: Mapping[TopicPartition, int]) -> N
         ) from error
 
 
+class _Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Holds newly assigned partitions back (paused, so no record of theirs is fetched) until
+    the drain has checked them: the listener runs on the client's IO thread, where the checks'
+    blocking calls are not allowed."""
+
+    def __init__(self, consumer: KafkaConsumer) -> None:
+        self.consumer = consumer
+        self.fresh: list[TopicPartition] = []
+
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        assigned = list(assigned)
+        self.consumer.pause(*assigned)
+        self.fresh += assigned
+
+
+def _take_bounds(
+    consumer: KafkaConsumer,
+    partitions: list[TopicPartition],
+    recreated: bool,
+    marks: dict[TopicPartition, int],
+    summary: DrainSummary,
+) -> None:
+    """Take each new partition's end offset (where this run stops); a partition of a re-created
+    topic, or whose committed offset is past its end (Kafka lost data), is read from its start."""
+    new = list(dict.fromkeys(tp for tp in partitions if tp not in marks))
+    ends = consumer.end_offsets(new) if new else {}
+    for tp in new:
+        committed = consumer.committed(tp)
+        if recreated or (committed is not None and committed > ends[tp]):
+            if not recreated:
+                log.warning(
+                    "%s[%d]: the group committed offset %d but the partition ends at %d: Kafka "
+                    "lost data (topic re-created or broker data wiped). Reading the partition "
+                    "from its start; events already stored are recognised.",
+                    tp.topic,
+                    tp.partition,
+                    committed,
+                    ends[tp],
+                )
+            consumer.seek_to_beginning(tp)
+            summary.resets += 1
+    marks.update(ends)
+
+
+def _topic_incarnation(store: EventStore, settings: Settings) -> tuple[str, bool]:
+    """The topic's id now, and whether it differs from the one the last run finished with."""
+    topic = settings.topic_user_events
+    try:
+        now = current_topic_id(settings, topic)
+    except Exception as error:
+        raise DrainError(
+            f"Topic {topic} does not exist or Kafka does not describe it at "
+            f"{settings.kafka_bootstrap_servers} ({error}). `task infra-up` starts Kafka and "
+            "creates the lab's topics."
+        ) from error
+    known = store.known_topic_id(topic)
+    if known is not None and known != now:
+        log.warning(
+            "Topic %s was re-created or Kafka lost its data (topic id %s, was %s): its offsets "
+            "start again. Reading every partition from its start; the events stored from the "
+            "old topic stay, and each new event is stored and counted once.",
+            topic,
+            now,
+            known,
+        )
+    return now, known is not None and known != now
+
+
+def _finish(
+    consumer: KafkaConsumer, batch: Batch, storing: Future[Stored], summary: DrainSummary
+) -> None:
+    """Wait for a batch's store, commit its offsets, and add it to the summary."""
+    stored = storing.result()
+    _commit(consumer, batch.commit)
+    summary.stored += stored.new
+    summary.already_stored += stored.read_again
+    summary.duplicates += stored.duplicates
+    summary.quarantined += len(batch.quarantine)
+    summary.batches += 1
+    log.info(
+        "batch %d: %d messages, %d new events, %d read again, %d duplicate deliveries, "
+        "%d quarantined; committed %s",
+        summary.batches,
+        len(batch.events) + len(batch.quarantine),
+        stored.new,
+        stored.read_again,
+        stored.duplicates,
+        len(batch.quarantine),
+        {tp.partition: offset for tp, offset in sorted(batch.commit.items())},
+    )
+
+
 def _drain(consumer: KafkaConsumer, store: EventStore, settings: Settings) -> DrainSummary:
     topic = settings.topic_user_events
     if not consumer.partitions_for_topic(topic):
@@ -270,63 +422,67 @@ def _drain(consumer: KafkaConsumer, store: EventStore, settings: Settings) -> Dr
             f"Topic {topic} does not exist on {settings.kafka_bootstrap_servers}. "
             "`task infra-up` creates the lab's topics."
         )
-    consumer.subscribe([topic])
+    topic_id, recreated = _topic_incarnation(store, settings)
     summary = DrainSummary()
+    assignments = _Assignments(consumer)
+    consumer.subscribe([topic], listener=assignments)
     started = time.monotonic()
     # End offset of each partition when it was first assigned: the run stops there.
     marks: dict[TopicPartition, int] = {}
-
-    def mark_new(partitions: Iterable[TopicPartition]) -> None:
-        new = [tp for tp in partitions if tp not in marks]
-        if new:
-            marks.update(consumer.end_offsets(new))
-
-    while True:
-        assigned = consumer.assignment()
-        mark_new(assigned)
-        waiting = {tp: marks[tp] - consumer.position(tp) for tp in assigned}
-        waiting = {tp: count for tp, count in waiting.items() if count > 0}
-        summary.left = sum(waiting.values())
-        if assigned and not waiting:
-            summary.stopped = "caught up"
-            break
-        if summary.consumed >= settings.drain_max_records:
-            summary.stopped = f"record cap ({settings.drain_max_records})"
-            break
-        if time.monotonic() - started >= settings.drain_max_seconds:
-            summary.stopped = f"time cap ({settings.drain_max_seconds:g} s)"
-            break
-        # A partition past its mark is paused so its new messages are not even fetched.
-        consumer.pause(*(tp for tp in assigned if tp not in waiting))
-        polled = consumer.poll(
-            timeout_ms=POLL_TIMEOUT_MS,
-            max_records=min(
-                settings.drain_batch_size, settings.drain_max_records - summary.consumed
-            ),
-        )
-        mark_new(polled)
-        records = [
-            record for tp, part in polled.items() for record in part if record.offset < marks[tp]
-        ]
-        if not records:
-            continue
-        batch = prepare_batch(records, uuid.uuid4().hex)
-        new, already = _store(store, batch, settings)
-        _commit(consumer, batch.commit)
-        summary.consumed += len(records)
-        summary.stored += new
-        summary.already_stored += already
-        summary.quarantined += len(batch.quarantine)
-        summary.batches += 1
-        log.info(
-            "batch %d: %d messages, %d new events, %d already stored, %d quarantined; committed %s",
-            summary.batches,
-            len(records),
-            new,
-            already,
-            len(batch.quarantine),
-            {tp.partition: offset for tp, offset in sorted(batch.commit.items())},
-        )
+    # One batch is stored on a worker thread (MongoDB's time is spent waiting on a socket) while
+    # the next is fetched and validated; each batch is committed after its own store, in order.
+    in_flight: tuple[Batch, Future[Stored]] | None = None
+    with ThreadPoolExecutor(1, thread_name_prefix="drain-store") as worker:
+        while True:
+            if assignments.fresh:
+                fresh, assignments.fresh = assignments.fresh, []
+                _take_bounds(consumer, fresh, recreated, marks, summary)
+                consumer.resume(*fresh)
+            assigned = consumer.assignment()
+            waiting = {tp: marks[tp] - consumer.position(tp) for tp in assigned if tp in marks}
+            waiting = {tp: count for tp, count in waiting.items() if count > 0}
+            summary.left = sum(waiting.values())
+            if assigned and not waiting:
+                summary.stopped = "caught up"
+                break
+            if summary.consumed >= settings.drain_max_records:
+                summary.stopped = f"record cap ({settings.drain_max_records})"
+                break
+            if time.monotonic() - started >= settings.drain_max_seconds:
+                summary.stopped = f"time cap ({settings.drain_max_seconds:g} s)"
+                break
+            # A partition past its mark is paused so its new messages are not even fetched.
+            consumer.pause(*(tp for tp in assigned if tp not in waiting))
+            polled = consumer.poll(
+                timeout_ms=POLL_TIMEOUT_MS,
+                max_records=min(
+                    settings.drain_batch_size, settings.drain_max_records - summary.consumed
+                ),
+            )
+            records = [
+                record
+                for tp, part in polled.items()
+                for record in part
+                if record.offset < marks[tp]
+            ]
+            if not records:
+                continue
+            summary.consumed += len(records)
+            batch = prepare_batch(records, topic_id)
+            if in_flight is not None:
+                _finish(consumer, *in_flight, summary)
+            in_flight = (batch, worker.submit(_store, store, batch, settings))
+        if in_flight is not None:
+            _finish(consumer, *in_flight, summary)
+    # Only a finished run moves the remembered id: a run cut short after a reset is re-read
+    # from the start next time, which the fingerprints and the counting marks make harmless.
+    try:
+        store.remember_topic_id(topic, topic_id)
+    except PyMongoError as error:
+        raise DrainError(
+            f"MongoDB at {settings.mongo_url} failed while recording the drain's state "
+            f"({error}). What was stored is committed; `task infra-status` checks MongoDB."
+        ) from error
     summary.seconds = round(time.monotonic() - started, 3)
     log.info("drain of %s finished: %s", topic, summary)
     return summary

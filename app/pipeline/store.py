@@ -1,16 +1,29 @@
-"""MongoDB collections of the pipeline and their indexes."""
+"""MongoDB collections of the pipeline, their indexes, and the reads and writes the logic needs.
+
+The drain and the counts refresh call these methods instead of issuing queries themselves, so the
+quirks of the local MongoDB stand-in (FerretDB 1.x on SQLite uses an index for a single `_id`
+equality and for nothing else, not even `$in`) stay here and the logic reads as the algorithm.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ASCENDING, MongoClient
+from pymongo import ASCENDING, MongoClient, UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
+from pymongo.errors import BulkWriteError
 
 from app.core.config import Settings
 
 Document = dict[str, Any]
+
+DUPLICATE_KEY = 11000
+# Updates per `update` command. Unpatched FerretDB 1.24 holds a connection per matched statement
+# until the command ends, and hangs once its pool (100) is exhausted; see infra/ferretdb/build.sh.
+UPDATES_PER_COMMAND = 50
 
 
 def mongo_client(settings: Settings, timeout_ms: int = 5000) -> MongoClient[Document]:
@@ -31,6 +44,7 @@ class EventStore:
         self.counts: Collection[Document] = database[settings.mongo_counts_collection]
         self.quarantine: Collection[Document] = database[settings.mongo_quarantine_collection]
         self.pending: Collection[Document] = database[settings.mongo_pending_collection]
+        self.drain_state: Collection[Document] = database[settings.mongo_drain_state_collection]
 
     @classmethod
     def connect(cls, settings: Settings, client: MongoClient[Document] | None = None) -> EventStore:
@@ -38,12 +52,80 @@ class EventStore:
         return cls(client[settings.mongo_database], settings)
 
     def ensure_indexes(self) -> list[str]:
-        # Counting one (UserId, EventName) pair reads only that pair's index range.
-        self.events.create_index([("UserId", ASCENDING), ("EventName", ASCENDING)])
+        # Counts are read and written by `_id` only; this index serves people's queries by user.
         self.counts.create_index(
             [("UserId", ASCENDING), ("EventName", ASCENDING)], unique=True, name="user_event_pair"
         )
-        return [
-            f"mongo {self.events.full_name}: index (UserId, EventName)",
-            f"mongo {self.counts.full_name}: unique index (UserId, EventName)",
+        return [f"mongo {self.counts.full_name}: unique index (UserId, EventName)"]
+
+    @staticmethod
+    def insert_new(collection: Collection[Document], documents: Sequence[Document]) -> set[int]:
+        """Insert documents whose `_id` is not stored yet; return the indexes of those that were.
+
+        Only duplicate-key errors are expected (a message read again, an event delivered
+        twice); any other error is raised.
+        """
+        if not documents:
+            return set()
+        try:
+            collection.insert_many(documents, ordered=False)
+        except BulkWriteError as error:
+            details = error.details
+            errors = details.get("writeErrors", [])
+            if details.get("writeConcernErrors") or any(
+                e.get("code") != DUPLICATE_KEY for e in errors
+            ):
+                raise
+            return {int(e["index"]) for e in errors}
+        return set()
+
+    @staticmethod
+    def find_by_ids(
+        collection: Collection[Document], ids: Iterable[str], fields: Sequence[str] = ()
+    ) -> dict[str, Document]:
+        """The stored documents among `ids`, by `_id` (only `fields` when given)."""
+        wanted = sorted(set(ids))
+        if not wanted:
+            return {}
+        projection = dict.fromkeys(fields, 1) if fields else None
+        # One lookup per id: the stand-in answers `$in` (and even a count) by reading every
+        # document, so the cost would follow the collection instead of the batch.
+        found = (collection.find_one({"_id": key}, projection) for key in wanted)
+        return {document["_id"]: document for document in found if document is not None}
+
+    def write_counts(self, documents: Sequence[Document], existing: set[str]) -> None:
+        """Store counts documents whole: the ones whose `_id` is not in `existing` with one
+        `insert_many`, the others each with one atomic single-document update."""
+        new = [document for document in documents if document["_id"] not in existing]
+        if new:
+            self.counts.insert_many(new, ordered=False)
+        updates = [
+            UpdateOne(
+                {"_id": document["_id"]},
+                {"$set": {k: v for k, v in document.items() if k != "_id"}},
+                upsert=True,
+            )
+            for document in documents
+            if document["_id"] in existing
         ]
+        for start in range(0, len(updates), UPDATES_PER_COMMAND):
+            self.counts.bulk_write(updates[start : start + UPDATES_PER_COMMAND], ordered=False)
+
+    def pending_batches(self) -> Iterable[Document]:
+        """Every pending batch, in `_id` order (per partition, by first offset)."""
+        return self.pending.find().sort("_id", 1)
+
+    def drop_pending(self, batch: Document) -> None:
+        self.pending.delete_one({"_id": batch["_id"]})
+
+    def known_topic_id(self, topic: str) -> str | None:
+        """The id of `topic` when the drain last finished a run, if it recorded one."""
+        state = self.drain_state.find_one({"_id": topic})
+        return None if state is None else state.get("TopicId")
+
+    def remember_topic_id(self, topic: str, topic_id: str) -> None:
+        self.drain_state.replace_one(
+            {"_id": topic},
+            {"TopicId": topic_id, "UpdatedAt": datetime.now(UTC)},
+            upsert=True,
+        )

@@ -14,6 +14,7 @@ from app.analysis.purchases import (
     dedupe_orders,
     delivery_summary,
     latest_order_at,
+    order_conflicts,
     parse_now,
     payment_type_preference,
     preferred_payment_types,
@@ -143,7 +144,8 @@ def test_latest_order_at(orders: DataFrame) -> None:
 def test_parse_now() -> None:
     assert parse_now("2026-03-01T15:00:00+03:00") == NOW
     assert parse_now("2026-03-01T12:00:00Z") == NOW
-    assert abs(parse_now("") - datetime.now(UTC)) < timedelta(seconds=5)
+    before = datetime.now(UTC)
+    assert before <= parse_now("") <= datetime.now(UTC)
     with pytest.raises(ValueError, match="no time zone"):
         parse_now("2026-03-01T12:00:00")
     with pytest.raises(ValueError, match="not an ISO 8601 time"):
@@ -161,3 +163,25 @@ def test_a_new_read_sees_re_deliveries_that_landed_since(spark, tmp_path) -> Non
     again = dedupe_orders(read_purchases(spark, str(tmp_path)))
     assert again.count() == 19
     assert again.where("OrderId = 'O-alice-1'").first().kafka_offset == alice["kafka_offset"]
+
+
+def test_an_order_id_sent_with_other_content_is_kept_and_reported(spark, tmp_path) -> None:
+    rows = lake_rows()
+    alice = next(row for row in rows if row["OrderId"] == "O-alice-1")
+    # Same OrderId, another payment type: not a re-delivery but a conflict.
+    changed = {**alice, "PaymentType": "PayPal", "kafka_offset": 990}
+    assert changed["PaymentType"] != alice["PaymentType"]
+    write_lake([*rows, changed], tmp_path)
+
+    orders = dedupe_orders(read_purchases(spark, str(tmp_path)))
+    conflicts = order_conflicts(orders)
+
+    assert orders.count() == 20  # the 19 orders and the second version of one
+    assert delivery_summary(read_purchases(spark, str(tmp_path))) == (22, 20)
+    assert conflicts["OrderId"].tolist() == ["O-alice-1", "O-alice-1"]
+    assert conflicts["versions"].tolist() == [2, 2]
+    assert set(conflicts["PaymentType"]) == {alice["PaymentType"], "PayPal"}
+
+
+def test_the_known_lake_has_no_conflicts(orders: DataFrame) -> None:
+    assert order_conflicts(orders).empty

@@ -64,14 +64,23 @@ def test_analyze_end_to_end(scope_settings: Settings, tmp_path: Path) -> None:
     assert [path.name for path in reports] == [
         "01_purchases_analysis.html",
         "01_purchases_analysis.ipynb",
+        "01_purchases_analysis.summary.html",
         "02_repeat_purchases_sql.html",
         "02_repeat_purchases_sql.ipynb",
+        "02_repeat_purchases_sql.summary.html",
         "kernel.log",
     ]
     for path in reports:
         assert str(path) in result.stdout, "the run says where each report is"
 
-    one, two = reports[1], reports[3]
+    one, two = reports[1], reports[4]
+    # JVM and log4j warnings stay in the kernel log, out of the reports.
+    assert '"name": "stderr"' not in one.read_text()
+    assert "WARN" in reports[-1].read_text()
+    summary = reports[2].read_text()
+    assert "Most preferred: <strong>CreditCard</strong>" in summary
+    assert "build_spark_session" not in summary, "the answers-only report has no code"
+    assert "build_spark_session" in reports[0].read_text()
     assert NOW.isoformat() in one.read_text(), "'now' reaches the notebook as a parameter"
     shown = _outputs(one)
     assert '"output_type": "error"' not in shown

@@ -30,8 +30,8 @@ from app.analysis.repeat_store import connect
 from app.core.config import ROOT, Settings
 from app.lake.sink_log import committed_files
 from app.lake.storage import s3_filesystem
-from app.pipeline.store import EventStore, mongo_client
-from tests.conftest import make_isolated_settings
+from app.pipeline.store import EventStore
+from tests.conftest import make_isolated_settings, remove_isolated
 
 pytestmark = pytest.mark.slow
 
@@ -69,9 +69,7 @@ def lab(lab_services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
     )
     bootstrap(settings)
     yield settings
-    client = mongo_client(settings)
-    client.drop_database(settings.mongo_database)
-    client.close()
+    remove_isolated(settings)
 
 
 def _acknowledged(record_file: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -182,8 +182,14 @@ def test_a_refusal_is_counted_and_reported_with_the_api_reason(api: RunningApi) 
 
 
 def test_ctrl_c_stops_with_a_summary_that_accounts_for_every_record(api: RunningApi) -> None:
+    before = sum(produced(api).values())
     run = generator(api.url, api.settings, "--users-per-second", "30")
-    time.sleep(3.5)
+    # Interrupt once records flow, however long the start takes on a busy machine.
+    deadline = time.monotonic() + 60
+    while sum(produced(api).values()) == before:
+        assert run.poll() is None and time.monotonic() < deadline, "the generator sent nothing"
+        time.sleep(0.2)
+    time.sleep(1.0)  # and with some requests in flight
     run.send_signal(signal.SIGINT)
     _, out, err = finish(run, timeout=60)
     assert "interrupted after" in out, out + err

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
 
 from app.core.config import ROOT, Settings
+from app.infra.cli import compose_environment
 
 
-def _compose() -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load((ROOT / "infra" / "compose.yml").read_text())
+def _compose(environment: dict[str, str]) -> dict[str, Any]:
+    """infra/compose.yml as compose reads it with `environment` (`${NAME:-fallback}` only)."""
+
+    def substitute(match: re.Match[str]) -> str:
+        return environment.get(match["name"]) or match["fallback"] or ""
+
+    text = (ROOT / "infra" / "compose.yml").read_text()
+    text = re.sub(r"(?<!\$)\$\{(?P<name>\w+)(?::-(?P<fallback>[^}]*))?\}", substitute, text)
+    data: dict[str, Any] = yaml.safe_load(text)
     return data
 
 
@@ -23,25 +32,54 @@ def _published(service: dict[str, Any]) -> set[int]:
     return ports
 
 
-def test_compose_services_match_the_settings() -> None:
-    s = Settings.model_construct()  # the defaults, whatever the environment says
-    services = _compose()["services"]
-    assert s.kafka_port in _published(services["kafka"])
-    assert s.mongo_port in _published(services["mongo"])
-    assert s.s3_port in _published(services["minio"])
-    assert s.postgres_port in _published(services["postgres"])
-    env = services["postgres"]["environment"]
-    assert env["POSTGRES_USER"].endswith(f":-{s.postgres_user}}}")
-    assert env["POSTGRES_PASSWORD"].endswith(f":-{s.postgres_password}}}")
-    assert env["POSTGRES_DB"].endswith(f":-{s.postgres_database}}}")
+def _assert_compose_serves(settings: Settings, environment: dict[str, str]) -> None:
+    services = _compose(environment)["services"]
+    assert _published(services["kafka"]) == {settings.kafka_port}
+    advertised = services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    assert advertised == f"PLAINTEXT://127.0.0.1:{settings.kafka_port}"
+    assert _published(services["mongo"]) == {settings.mongo_port}
+    assert _published(services["minio"]) == {settings.s3_port}
+    assert _published(services["postgres"]) == {settings.postgres_port}
+    postgres = services["postgres"]["environment"]
+    assert (postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"], postgres["POSTGRES_DB"]) == (
+        settings.postgres_user,
+        settings.postgres_password,
+        settings.postgres_database,
+    )
     minio = services["minio"]["environment"]
-    assert minio["MINIO_ROOT_USER"].endswith(f":-{s.s3_access_key}}}")
-    assert minio["MINIO_ROOT_PASSWORD"].endswith(f":-{s.s3_secret_key}}}")
-    assert s.s3_bucket in services["minio-bucket"]["environment"]["S3_BUCKET"]
-    for name in ("kafka", "mongo", "minio", "postgres"):
-        assert "healthcheck" in services[name], f"{name} needs a health check"
-        assert services[name].get("volumes"), f"{name} needs a named volume"
-    assert set(_compose()["volumes"]) >= {"kafka-data", "mongo-data", "minio-data", "postgres-data"}
+    assert (minio["MINIO_ROOT_USER"], minio["MINIO_ROOT_PASSWORD"]) == (
+        settings.s3_access_key,
+        settings.s3_secret_key,
+    )
+
+
+def test_compose_fallbacks_are_the_default_settings() -> None:
+    _assert_compose_serves(Settings.model_construct(), environment={})
+
+
+def test_compose_takes_ports_and_credentials_from_the_lab_settings() -> None:
+    settings = Settings.model_construct(
+        kafka_bootstrap_servers="127.0.0.1:19092",
+        mongo_url="mongodb://127.0.0.1:27117",
+        s3_endpoint_url="http://127.0.0.1:19000",
+        postgres_port=15432,
+        postgres_user="analyst",
+        postgres_password="not-the-default",
+        s3_access_key="lake-user",
+        s3_secret_key="lake-secret",
+    )
+    _assert_compose_serves(settings, compose_environment(settings))
+
+
+def test_compose_services_are_pinned_durable_and_restarted() -> None:
+    compose = _compose({})
+    for name, service in compose["services"].items():
+        image, _, tag = service["image"].partition(":")
+        assert tag and tag != "latest", f"{name}: pin {image} to a version"
+        assert service.get("restart") == "unless-stopped", f"{name} must come back by itself"
+        assert "healthcheck" in service, f"{name} needs a health check"
+        assert service.get("volumes"), f"{name} needs a named volume"
+    assert set(compose["volumes"]) == {"kafka-data", "mongo-data", "minio-data", "postgres-data"}
 
 
 def test_env_example_lists_every_setting_with_its_default() -> None:

@@ -63,7 +63,8 @@ POISON: dict[str, tuple[bytes | None, str]] = {
     "ItemDiscount above 1": (_product(ItemDiscount=1.5), "Products[].ItemDiscount must be <= 1"),
     "null product line": (_variant(Products=[None]), "Products[].ProductId is missing or null"),
     "unknown PaymentType": (_variant(PaymentType="Bitcoin"), "PaymentType must be one of"),
-    "OrderId with a space": (_variant(OrderId="O 1"), "OrderId must match"),
+    "OrderId with a tab": (_variant(OrderId="O\t1"), "OrderId must be printable text"),
+    "UserId with a leading space": (_variant(UserId=" U1"), "UserId must be printable text"),
     "UserId too long": (_variant(UserId="U" * 65), "UserId must have at most 64 character(s)"),
     "unknown field": (_variant(Coupon="FREE"), "unknown field(s): Coupon"),
     "TimeStamp without a zone": (

@@ -13,12 +13,11 @@ from datetime import UTC, datetime, timedelta
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from app.airflow_runner import settings_environment
 from app.core.config import ROOT, Settings
 from app.core.kafka import ensure_topics
-from app.pipeline.store import EventStore, mongo_client
+from app.pipeline.store import EventStore
 from app.schemas import EventAttributes, EventName, UserEvent
-from tests.conftest import make_isolated_settings
+from tests.conftest import make_isolated_settings, remove_isolated
 
 Pair = tuple[str, str]
 
@@ -81,19 +80,34 @@ def committed_offsets(settings: Settings) -> dict[int, int]:
         consumer.close()
 
 
+def commit_offsets(settings: Settings, offsets: dict[int, int]) -> None:
+    """Commit `offsets` (partition -> offset) for the drain's group, as a group member would."""
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": settings.drain_group_id}
+    )
+    try:
+        consumer.commit(
+            offsets=[
+                TopicPartition(settings.topic_user_events, partition, offset)
+                for partition, offset in offsets.items()
+            ],
+            asynchronous=False,
+        )
+    finally:
+        consumer.close()
+
+
 @contextmanager
 def pipeline_settings(base: Settings, **changes: object) -> Iterator[Settings]:
     """Settings with a topic, Mongo database and consumer group of their own (plus `changes`),
-    bootstrapped for the pipeline; the Mongo database is dropped afterwards."""
+    bootstrapped for the pipeline; all of them are removed afterwards."""
     settings = make_isolated_settings(base).model_copy(update=changes)
     ensure_topics(settings, [settings.topic_user_events])
     EventStore.connect(settings).ensure_indexes()
     try:
         yield settings
     finally:
-        client = mongo_client(settings)
-        client.drop_database(settings.mongo_database)
-        client.close()
+        remove_isolated(settings)
 
 
 def run_child(settings: Settings, setup: str, call: str) -> subprocess.CompletedProcess[str]:
@@ -111,7 +125,7 @@ def run_child(settings: Settings, setup: str, call: str) -> subprocess.Completed
     )
     return subprocess.run(
         [sys.executable, "-c", code],
-        env={**os.environ, **settings_environment(settings), "PYTHONPATH": str(ROOT)},
+        env={**os.environ, **settings.as_environment(), "PYTHONPATH": str(ROOT)},
         cwd=ROOT,
         capture_output=True,
         text=True,

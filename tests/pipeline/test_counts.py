@@ -72,6 +72,17 @@ def test_a_batch_read_again_after_a_crash_adds_only_its_new_events() -> None:
     assert counts[pair_key("u1", "PageVisited")]["CountedUpTo"] == {"0": 26}
 
 
+def test_a_recreated_topic_is_counted_afresh_at_offsets_seen_before() -> None:
+    counts: dict[str, dict[str, Any]] = {}
+    old = {**batch(0, ("u1", "PageVisited", [0, 1, 2])), "TopicId": "old"}
+    new = {**batch(0, ("u1", "PageVisited", [0, 1])), "TopicId": "new"}
+
+    counted, _ = apply_batches(counts, [old, new, new])
+
+    assert counted == 5
+    assert counts[pair_key("u1", "PageVisited")]["CountedUpTo"] == {"old:0": 3, "new:0": 2}
+
+
 def test_partitions_are_counted_independently_on_top_of_stored_counts() -> None:
     counts = {
         pair_key("u1", "AddedBasket"): {

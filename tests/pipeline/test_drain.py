@@ -8,20 +8,30 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import socket
 import threading
 import time
-from datetime import UTC, datetime
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from kafka.consumer.fetcher import ConsumerRecord
 
 from app.core.config import Settings
+from app.core.kafka import ensure_topics
 from app.infra.mongo import Mongo
 from app.pipeline.counts import refresh_event_counts
-from app.pipeline.drain import DrainError, drain_user_events, prepare_batch
+from app.pipeline.drain import (
+    DrainError,
+    drain_user_events,
+    event_id,
+    pending_batches,
+    prepare_batch,
+)
 from app.pipeline.store import EventStore
 from tests.pipeline.helpers import (
+    commit_offsets,
     committed_offsets,
     expected_counts,
     make_events,
@@ -31,6 +41,7 @@ from tests.pipeline.helpers import (
     run_child,
     stored_counts,
 )
+from tests.support import spare_kafka
 
 KAFKA_TIME = 1795822621496  # ms since the epoch
 
@@ -44,12 +55,15 @@ def record(offset: int, value: bytes | None, partition: int = 0) -> ConsumerReco
 # ----------------------------------------------------------------------- records -> documents
 
 
+TOPIC_ID = "q7cmJ3xUQ8uVvZNPV5L8Wg"
+
+
 def test_valid_event_keeps_its_fields_and_kafka_coordinates() -> None:
     event = make_events(1)[0]
-    batch = prepare_batch([record(41, event.to_json_bytes(), partition=2)], "token")
+    batch = prepare_batch([record(41, event.to_json_bytes(), partition=2)], TOPIC_ID)
 
     [document] = batch.events
-    assert document["_id"] == "UserEvents:2:41"
+    assert document["_id"] == event_id(event)
     assert {k: document[k] for k in ("UserId", "SessionId", "EventName", "Attributes")} == {
         k: v for k, v in event.to_wire().items() if k != "TimeStamp"
     }
@@ -57,6 +71,7 @@ def test_valid_event_keeps_its_fields_and_kafka_coordinates() -> None:
     assert document["TimeStamp"].tzinfo is not None
     assert document["Kafka"] == {
         "Topic": "UserEvents",
+        "TopicId": TOPIC_ID,
         "Partition": 2,
         "Offset": 41,
         "Timestamp": datetime.fromtimestamp(KAFKA_TIME / 1000, UTC),
@@ -66,9 +81,33 @@ def test_valid_event_keeps_its_fields_and_kafka_coordinates() -> None:
 
 def test_same_message_gives_the_same_documents() -> None:
     value = make_events(1)[0].to_json_bytes()
-    first = prepare_batch([record(7, value)], "one")
-    second = prepare_batch([record(7, value)], "two")
+    first = prepare_batch([record(7, value)], TOPIC_ID)
+    second = prepare_batch([record(7, value)], TOPIC_ID)
     assert first.events == second.events
+
+
+def test_an_event_has_the_same_id_however_it_is_written_and_wherever_it_lands() -> None:
+    event = make_events(1)[0]
+    wire = event.to_wire()
+    # Same content: keys in another order, the time in another zone, prices as integers.
+    rewritten = {
+        "Attributes": {**wire["Attributes"], "Price": 120, "Discount": 0},
+        **{k: v for k, v in wire.items() if k != "Attributes"},
+        "TimeStamp": event.timestamp.astimezone(timezone(timedelta(hours=3))).isoformat(),
+    }
+    same = {**wire, "Attributes": {**wire["Attributes"], "Price": 120.0, "Discount": 0.0}}
+    other = {**same, "SessionId": "another-session"}
+    batch = prepare_batch(
+        [
+            record(1, json.dumps(same).encode(), partition=0),
+            record(9, json.dumps(rewritten).encode(), partition=2),
+            record(2, json.dumps(other).encode(), partition=0),
+        ],
+        TOPIC_ID,
+    )
+
+    ids = [document["_id"] for document in batch.events]
+    assert ids[0] == ids[1] != ids[2]
 
 
 VALID = json.loads(make_events(1)[0].to_json_bytes())
@@ -90,11 +129,11 @@ VALID = json.loads(make_events(1)[0].to_json_bytes())
 def test_invalid_message_is_quarantined_with_reason_and_raw_value(
     value: bytes | None, reason: str, encoding: str | None
 ) -> None:
-    batch = prepare_batch([record(3, value)], "token")
+    batch = prepare_batch([record(3, value)], TOPIC_ID)
 
-    assert batch.events == [] and batch.pending == []
+    assert batch.events == []
     [document] = batch.quarantine
-    assert document["_id"] == "UserEvents:0:3"
+    assert document["_id"] == f"UserEvents:{TOPIC_ID}:0:3"
     assert reason in document["Reason"]
     assert document["RawEncoding"] == encoding
     if encoding == "utf-8":
@@ -113,9 +152,11 @@ def test_pending_batch_lists_every_offset_of_each_pair_per_partition() -> None:
         record(13, a.to_json_bytes(), partition=0),
         record(5, a.to_json_bytes(), partition=1),
     ]
-    batch = prepare_batch(records, "tok")
+    batch = prepare_batch(records, TOPIC_ID)
+    pending = pending_batches(batch.events, batch.first_offsets, "tok")
 
-    by_partition = {p["Partition"]: p for p in batch.pending}
+    by_partition = {p["Partition"]: p for p in pending}
+    assert {p["TopicId"] for p in pending} == {TOPIC_ID}
     assert by_partition[0]["_id"] == f"{0:05d}:{10:020d}:tok"
     assert by_partition[0]["FirstOffset"] == 10  # the range starts at the poison message
     pairs = {(p["UserId"], p["EventName"]): p["Offsets"] for p in by_partition[0]["Pairs"]}
@@ -317,3 +358,140 @@ def test_missing_topic_or_unreachable_kafka_say_what_to_do(lab_services: Setting
         nobody = f"127.0.0.1:{probe.getsockname()[1]}"
     with pytest.raises(DrainError, match=r"not reachable.*task infra-up"):
         drain_user_events(lab_services.model_copy(update={"kafka_bootstrap_servers": nobody}))
+
+
+# ----------------------------------------------------------------------- off the happy path
+
+
+def test_an_event_delivered_twice_is_stored_and_counted_once(lab_services: Settings) -> None:
+    events = make_events(300)
+    retried = events[:40]
+    with pipeline_settings(lab_services, drain_batch_size=100) as settings:
+        # A retry lands in the same batch, in later batches of the same run...
+        produce_events(settings, [*events, *retried[:10]])
+        first = drain_user_events(settings)
+        # ...and in a later DAG run, after the counts were refreshed.
+        refresh_event_counts(settings)
+        produce_events(settings, retried)
+        second = drain_user_events(settings)
+        refresh_event_counts(settings)
+
+        assert (first.stored, first.duplicates) == (300, 10)
+        assert (second.stored, second.duplicates) == (0, 40)
+        store = EventStore.connect(settings)
+        assert store.events.count_documents({}) == 300
+        assert stored_counts(settings) == expected_counts(events)
+        # The document keeps where the event first landed in Kafka.
+        stored = store.events.find_one({"_id": event_id(retried[0])})
+        assert stored is not None and stored["Kafka"]["Offset"] >= 0
+
+
+def test_retried_event_read_again_after_a_crash_is_still_counted_once(
+    lab_services: Settings,
+) -> None:
+    events = make_events(500)
+    with pipeline_settings(lab_services) as settings:
+        produce_events(settings, [*events, *events[:50]])
+        crashed = run_child(
+            settings,
+            "from kafka import KafkaConsumer\n"
+            "KafkaConsumer.commit = lambda self, *args, **kwargs: os._exit(3)",
+            "drain_user_events(get_settings())",
+        )
+        assert crashed.returncode == 3, crashed.stderr
+
+        rerun = drain_user_events(settings)
+        refresh_event_counts(settings)
+
+        assert rerun.stored + rerun.already_stored + rerun.duplicates == 550
+        assert rerun.duplicates == 50
+        assert EventStore.connect(settings).events.count_documents({}) == 500
+        assert stored_counts(settings) == expected_counts(events)
+
+
+def delete_topic(settings: Settings) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    admin.delete_topics([settings.topic_user_events], operation_timeout=30)[
+        settings.topic_user_events
+    ].result()
+    # Deletion is asynchronous on the broker: wait until the name is free again.
+    deadline = time.monotonic() + 30
+    while settings.topic_user_events in admin.list_topics(timeout=10).topics:
+        assert time.monotonic() < deadline, "Kafka did not delete the topic"
+        time.sleep(0.2)
+
+
+def test_a_recreated_topic_is_read_from_its_start_and_its_events_counted(
+    lab_services: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = make_events(600, users=20)
+    old, new = events[:400], events[400:]
+    with pipeline_settings(lab_services) as settings:
+        produce_events(settings, old)
+        drain_user_events(settings)
+        refresh_event_counts(settings)
+
+        delete_topic(settings)
+        ensure_topics(settings, [settings.topic_user_events])
+        # Fewer messages than before: offsets 0..199 were all seen in the old topic.
+        produce_events(settings, new)
+        with caplog.at_level(logging.WARNING, logger="app.pipeline.drain"):
+            after = drain_user_events(settings)
+        refresh_event_counts(settings)
+
+        assert "re-created" in caplog.text
+        assert (after.consumed, after.stored, after.duplicates) == (200, 200, 0)
+        assert EventStore.connect(settings).events.count_documents({}) == 600
+        assert stored_counts(settings) == expected_counts(events)
+        # The next run trusts the new topic's committed offsets again.
+        assert drain_user_events(settings).resets == 0
+
+
+def test_a_committed_offset_past_the_end_is_noticed_and_nothing_doubled(
+    lab_services: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = make_events(300)
+    with pipeline_settings(lab_services, kafka_partitions=1) as settings:
+        produce_events(settings, events[:200])
+        drain_user_events(settings)
+        refresh_event_counts(settings)
+        # What a broker whose data was wiped and refilled looks like to the group: its
+        # committed offset lies beyond the partition's end.
+        commit_offsets(settings, {0: 10_000})
+        produce_events(settings, events[200:])
+
+        with caplog.at_level(logging.WARNING, logger="app.pipeline.drain"):
+            after = drain_user_events(settings)
+        refresh_event_counts(settings)
+
+        assert "committed offset 10000" in caplog.text
+        assert after.resets == 1
+        assert (after.consumed, after.stored, after.already_stored) == (300, 100, 200)
+        assert stored_counts(settings) == expected_counts(events)
+
+
+def test_a_broker_whose_data_was_wiped_is_drained_afresh(lab_services: Settings) -> None:
+    events = make_events(500, users=25)
+    with (
+        spare_kafka(lab_services, f"test-wiped-{uuid.uuid4().hex[:6]}") as broker,
+        pipeline_settings(
+            broker.settings, topic_user_events=broker.settings.topic_user_events
+        ) as settings,
+    ):
+        produce_events(settings, events[:300])
+        drain_user_events(settings)
+        refresh_event_counts(settings)
+
+        broker.stop()
+        shutil.rmtree(broker.data_dir)
+        broker.start()
+        ensure_topics(settings, [settings.topic_user_events])
+        produce_events(settings, events[300:])
+        after = drain_user_events(settings)
+        refresh_event_counts(settings)
+
+        assert (after.stored, after.duplicates) == (200, 0)
+        assert after.resets == settings.kafka_partitions
+        assert stored_counts(settings) == expected_counts(events)

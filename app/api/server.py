@@ -1,0 +1,79 @@
+"""Serving the API: uvicorn with the lab's limits for slow and greedy clients.
+
+- headers: `HeaderDeadlineProtocol` closes a connection whose request headers are not complete
+  `API_HEADER_TIMEOUT_SECONDS` after it opened or after its previous answer (uvicorn alone only
+  closes idle keep-alive connections, so a client sending nothing, or its headers a byte at a
+  time, would hold a connection forever);
+- body: the routes answer 408 to a body not there `API_BODY_TIMEOUT_SECONDS` after its headers
+  (`app.api.ingest.read_json_body`);
+- connections: from `API_MAX_CONNECTIONS` open connections (or requests in progress) on, new
+  requests get uvicorn's 503;
+- stop: requests in progress get `API_GRACEFUL_SHUTDOWN_SECONDS` to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from app.core.config import ROOT, Settings
+
+
+class HeaderDeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol, plus a deadline for each request's headers: uvicorn's
+    keep-alive time-out (`timeout_keep_alive`), counted from the connection's opening, or from
+    the first byte of a later request (uvicorn's own timer covers the idle time before it)."""
+
+    _header_deadline: asyncio.TimerHandle | None = None
+
+    def _arm_header_deadline(self) -> None:
+        if self._header_deadline is None:
+            self._header_deadline = self.loop.call_later(
+                self.timeout_keep_alive, self._headers_too_slow
+            )
+
+    def _disarm_header_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_deadline()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_header_deadline()
+
+    def on_headers_complete(self) -> None:
+        self._disarm_header_deadline()
+        super().on_headers_complete()
+
+
+def serve(settings: Settings, reload: bool) -> None:
+    """Run the API on the configured host and port until stopped (reloading on code changes)."""
+    uvicorn.run(
+        "app.api.main:create_app",
+        factory=True,
+        host=settings.api_host,
+        port=settings.api_port,
+        reload=reload,
+        reload_dirs=[str(ROOT / "app")],
+        http=HeaderDeadlineProtocol,
+        timeout_keep_alive=settings.api_header_timeout_seconds,
+        limit_concurrency=settings.api_max_connections,
+        timeout_graceful_shutdown=settings.api_graceful_shutdown_seconds,
+        # One line per request would drown the lab's other logs; /metrics counts requests.
+        access_log=False,
+    )

@@ -1,0 +1,52 @@
+"""The Airflow runner keeps its components running: one that exits is started again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from app.core.config import ROOT
+
+# Runs `run_components` with one component that exits at once and one that runs on.
+SUPERVISOR = """
+import sys
+from app.airflow_runner import run_components
+python = sys.executable
+run_components(
+    {"PATH": ""},
+    {
+        "flaky": [python, "-c", "print('flaky ran', flush=True); raise SystemExit(3)"],
+        "steady": [python, "-c", "import time; print('steady ran', flush=True); time.sleep(60)"],
+    },
+)
+print("supervisor stopped", flush=True)
+"""
+
+
+def test_an_exiting_component_is_started_again_with_backoff_and_sigterm_stops_all() -> None:
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISOR],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    assert supervisor.stdout is not None
+    # Exits at t=0, restarted at 1 s, exits, restarted at 1 + 2 s: three runs, two messages.
+    deadline = time.monotonic() + 60
+    while sum("flaky ran" in line for line in lines) < 3:
+        assert time.monotonic() < deadline, "".join(lines)
+        lines.append(supervisor.stdout.readline())
+    supervisor.send_signal(signal.SIGTERM)
+    rest, _ = supervisor.communicate(timeout=60)
+    output = "".join(lines) + rest
+    assert supervisor.returncode == 0, output
+    assert "flaky exited (code 3); starting it again in 1 s" in output
+    assert "flaky exited (code 3); starting it again in 2 s" in output
+    assert output.count("steady ran") == 1, output
+    assert output.rstrip().endswith("supervisor stopped"), output
