@@ -3,7 +3,8 @@
 `run_stream` is the job's whole life: check the services, take the checkpoint's writer lock,
 check that each checkpoint agrees with its sink log (`app.lake.sink_log`), remove the files of
 attempts cut short, start the two queries (`app.lake.queries`) and watch them. A query that fails
-because Kafka or S3 does not answer is an outage, not an error: the queries are stopped, the
+because Kafka or S3 does not answer is an outage, not an error (`app.lake.failures` tells them
+apart): the queries are stopped, the
 stream waits (with backoff) until both answer, then restarts them from their checkpoints. Any
 other failure (a missing jar, lost Kafka data, a checkpoint that disagrees with the lake) ends
 the job with what happened and what to run.
@@ -14,10 +15,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import signal
-import socket
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming.query import StreamingQuery
@@ -25,6 +24,15 @@ from pyspark.sql.streaming.query import StreamingQuery
 from app.core.config import Settings
 from app.core.kafka import ensure_topics
 from app.infra.process import InfraError
+from app.lake.failures import (
+    PROBE_EVERY_SECONDS,
+    Failure,
+    Log,
+    OutageReport,
+    explain_failure,
+    is_outage,
+    unreachable,
+)
 from app.lake.queries import sinks, start_queries, stop_queries
 from app.lake.sink_log import SINK_LOG, disagreement, remove_orphans
 from app.lake.spark import build_spark_session
@@ -36,85 +44,6 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # that ran for HEALTHY_SECONDS before failing start the series again.
 BACKOFF_SECONDS = (1, 2, 4, 8, 15, 30, 60)
 HEALTHY_SECONDS = 120.0
-PROBE_TIMEOUT_SECONDS = 3.0
-PROBE_EVERY_SECONDS = 5.0
-# How a failure caused by a service that does not answer reads (Java and Python clients).
-UNREACHABLE_SIGNS = (
-    "Connection refused",
-    "ConnectException",
-    "Connection reset",
-    "TimeoutException",
-    "Timed out waiting",
-    "SocketTimeoutException",
-    "NoRouteToHost",
-    "UnknownHostException",
-    "Unable to execute HTTP request",
-    "AWSClientIOException",
-    "SdkClientException",
-    "EndpointConnectionError",
-    "Could not connect to the endpoint",
-    "Failed to get offsets",
-    "Service Unavailable",
-)
-Log = Callable[[str], None]
-
-
-def explain_failure(query: StreamingQuery, message: str, settings: Settings) -> str:
-    """A person-sized account of a failed query: the cause's first line and what to do."""
-    first = next((line for line in message.splitlines() if line.strip()), message)[:400]
-    if "NoSuchBucket" in message or "UnknownStoreException" in message:
-        advice = (
-            f"bucket {settings.s3_bucket} does not exist at {settings.s3_endpoint_url}: "
-            "run `task infra-up`"
-        )
-    elif _missing_jar(message):
-        advice = (
-            "a connector jar is missing or does not match this pyspark: run "
-            f"`python -m app.lake.jars` (delete {settings.lab_home / 'jars'} to resolve them again)"
-        )
-    elif _data_loss(message):
-        advice = (
-            "the checkpoint points at offsets Kafka no longer has (topic re-created or "
-            "retention). To start over from what Kafka holds, run `task lake-reset` (it removes "
-            f"the checkpoints in {settings.checkpoint_dir} and the lake folders they fed)"
-        )
-    else:
-        advice = f"see the Spark log above; the checkpoint is in {settings.checkpoint_dir}"
-    return f"query {query.name} failed: {first}\n-> {advice}"
-
-
-def _missing_jar(message: str) -> bool:
-    signs = ("ClassNotFound", "NoClassDefFound", "NoSuchMethod", "Failed to find data")
-    return any(sign in message for sign in signs)
-
-
-def _data_loss(message: str) -> bool:
-    return "data loss" in message.lower() or "failOnDataLoss" in message
-
-
-def unreachable(settings: Settings) -> list[str]:
-    """The services the stream needs that do not answer now, e.g. `Kafka at 127.0.0.1:9092`."""
-    away = []
-    for server in settings.kafka_bootstrap_servers.split(","):
-        host, port = server.strip().rsplit(":", 1)
-        try:
-            socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_SECONDS).close()
-        except OSError:
-            away.append(f"Kafka at {settings.kafka_bootstrap_servers}")
-            break
-    try:
-        s3_filesystem(settings, timeout=PROBE_TIMEOUT_SECONDS).ls(settings.s3_bucket)
-    except Exception:
-        away.append(f"S3 at {settings.s3_endpoint_url}")
-    return away
-
-
-def is_outage(message: str, settings: Settings) -> bool:
-    """A failure is an outage when a service does not answer (now, or by the failure's own
-    words), unless it is one of the errors a restart cannot mend."""
-    if _missing_jar(message) or _data_loss(message) or "NoSuchBucket" in message:
-        return False
-    return bool(unreachable(settings)) or any(sign in message for sign in UNREACHABLE_SIGNS)
 
 
 def preflight(settings: Settings) -> None:
@@ -219,13 +148,6 @@ def _pause(seconds: float, received: list[int]) -> None:
         time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
 
-@dataclass(frozen=True)
-class Failure:
-    message: str  # the cause as Spark or the client reported it
-    explanation: str  # what happened and what to run, for a failure a restart cannot mend
-    outage: bool = False  # known to be caused by a service that does not answer
-
-
 def run_stream(
     settings: Settings,
     *,
@@ -250,41 +172,6 @@ def run_stream(
             spark.stop()
     finally:
         lock.release()
-
-
-class OutageReport:
-    """Says once when a service stops answering, once when that stops the queries, and once
-    when every service answers again, however many probes and restarts happen in between."""
-
-    def __init__(self, log: Log) -> None:
-        self.log = log
-        self.since: float | None = None
-        self.stopped = False
-
-    def away(self, services: list[str]) -> None:
-        if self.since is not None:
-            return
-        self.since = time.monotonic()
-        self.log(
-            f"{' and '.join(services) or 'Kafka or S3'} does not answer: the stream waits for it "
-            f"(checked every {PROBE_EVERY_SECONDS:.0f} s)"
-        )
-
-    def queries_stopped(self, services: list[str], cause: str) -> None:
-        self.away(services)
-        if not self.stopped:
-            self.stopped = True
-            first = (cause.strip().splitlines() or ["?"])[0][:200]
-            self.log(
-                f"the queries failed while it is away ({first}); they restart from their "
-                "checkpoints once it answers again"
-            )
-
-    def back(self, what: str) -> None:
-        if self.since is None:
-            return
-        self.log(f"Kafka and S3 answer again after {time.monotonic() - self.since:.0f} s: {what}")
-        self.since, self.stopped = None, False
 
 
 def _supervise(
