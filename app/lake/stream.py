@@ -4,10 +4,10 @@
 check that each checkpoint agrees with its sink log (`app.lake.sink_log`), remove the files of
 attempts cut short, start the two queries (`app.lake.queries`) and watch them. A query that fails
 because Kafka or S3 does not answer is an outage, not an error (`app.lake.failures` tells them
-apart): the queries are stopped, the
-stream waits (with backoff) until both answer, then restarts them from their checkpoints. Any
-other failure (a missing jar, lost Kafka data, a checkpoint that disagrees with the lake) ends
-the job with what happened and what to run.
+apart): the queries are stopped, the stream waits until both answer, then restarts them from
+their checkpoints (with backoff when restarts fail in a row). Any other failure (a missing jar,
+lost Kafka data, a checkpoint that disagrees with the lake) ends the job with what happened and
+what to run.
 """
 
 from __future__ import annotations
