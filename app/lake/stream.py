@@ -40,6 +40,9 @@ from app.lake.storage import s3_filesystem
 from app.lake.writer_lock import LeaseUnreachable, WriterLock, writer_lock
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# On SIGTERM a query's stop waits at most this long for its batch in flight: honcho sends
+# SIGKILL 5 s after SIGTERM.
+STOP_TIMEOUT_SECONDS = 2
 # Pauses before restarting queries that failed in a row: short at first, then a minute; queries
 # that ran for HEALTHY_SECONDS before failing start the series again.
 BACKOFF_SECONDS = (1, 2, 4, 8, 15, 30, 60)
@@ -284,6 +287,6 @@ def _watch(
         if received:
             log(f"signal {signal.Signals(received[0]).name}: stopping the queries")
     finally:
-        stop_queries(queries)
+        stop_queries(queries, patience=STOP_TIMEOUT_SECONDS if received else None)
     _report_progress(queries, seen, log)
     return failure or _failure(queries, settings)
