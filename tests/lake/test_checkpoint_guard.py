@@ -180,12 +180,20 @@ def test_a_lapsed_s3_lease_is_taken_over_and_its_old_holder_told(s3_checkpoint: 
     settings = s3_checkpoint.model_copy(update={"spark_writer_lease_seconds": 5})
     first, second = writer_lock(settings), writer_lock(settings)
     first.acquire()
+    taken = time.monotonic()
     try:
         with pytest.raises(InfraError, match="Another stream job is running on the checkpoint"):
             second.acquire()
-        # The first holder stalls (no renewal) past the time-out, by the S3 server's clock.
-        time.sleep(6.5)
-        second.acquire()
+        # The first holder stalls (no renewal): the lease is free once the S3 server's clock (in
+        # whole seconds) says it was not renewed for 5 s, and not before.
+        while True:
+            try:
+                second.acquire()
+                break
+            except InfraError:
+                assert time.monotonic() - taken < 30, "the lapsed lease was never taken over"
+                time.sleep(0.5)
+        assert time.monotonic() - taken > 4
         with pytest.raises(LeaseLost, match="was taken over"):
             first.renew()
     finally:
