@@ -12,6 +12,7 @@ commit, so a re-run duplicates them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession
@@ -102,9 +103,24 @@ def start_queries(
     return queries
 
 
-def stop_queries(queries: list[StreamingQuery]) -> None:
+def stop_queries(queries: list[StreamingQuery], patience: int | None = None) -> None:
     """Stop now, even mid-batch: a batch cut short is in no commit and is re-run from its
-    logged offsets on the next start. (Waiting for it would not help under honcho, which sends
-    SIGKILL 5 s after SIGTERM.)"""
-    for query in queries:
+    logged offsets on the next start. Both at once: each stop waits for its batch's tasks to
+    die, and with `patience` (seconds; only when the process exits next, since the batch goes
+    on in the background) at most that long."""
+    if not queries:
+        return
+    if patience is not None:
+        SparkSession.active().conf.set("spark.sql.streaming.stopTimeout", f"{patience}s")
+    with ThreadPoolExecutor(len(queries)) as pool:
+        list(pool.map(_stop, queries))
+
+
+def _stop(query: StreamingQuery) -> None:
+    try:
         query.stop()
+    except Exception as exc:
+        # The batch in flight was busy past the patience (a write to S3 is not
+        # interruptible); it ends with the process, cut short like a crash, and is re-run.
+        if "failed to stop within" not in str(exc):
+            raise

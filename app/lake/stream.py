@@ -3,10 +3,11 @@
 `run_stream` is the job's whole life: check the services, take the checkpoint's writer lock,
 check that each checkpoint agrees with its sink log (`app.lake.sink_log`), remove the files of
 attempts cut short, start the two queries (`app.lake.queries`) and watch them. A query that fails
-because Kafka or S3 does not answer is an outage, not an error: the queries are stopped, the
-stream waits (with backoff) until both answer, then restarts them from their checkpoints. Any
-other failure (a missing jar, lost Kafka data, a checkpoint that disagrees with the lake) ends
-the job with what happened and what to run.
+because Kafka or S3 does not answer is an outage, not an error (`app.lake.failures` tells them
+apart): the queries are stopped, the stream waits until both answer, then restarts them from
+their checkpoints (with backoff when restarts fail in a row). Any other failure (a missing jar,
+lost Kafka data, a checkpoint that disagrees with the lake) ends the job with what happened and
+what to run.
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import signal
-import socket
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming.query import StreamingQuery
@@ -25,6 +24,15 @@ from pyspark.sql.streaming.query import StreamingQuery
 from app.core.config import Settings
 from app.core.kafka import ensure_topics
 from app.infra.process import InfraError
+from app.lake.failures import (
+    PROBE_EVERY_SECONDS,
+    Failure,
+    Log,
+    OutageReport,
+    explain_failure,
+    is_outage,
+    unreachable,
+)
 from app.lake.queries import sinks, start_queries, stop_queries
 from app.lake.sink_log import SINK_LOG, disagreement, remove_orphans
 from app.lake.spark import build_spark_session
@@ -32,87 +40,13 @@ from app.lake.storage import s3_filesystem
 from app.lake.writer_lock import LeaseUnreachable, WriterLock, writer_lock
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# Waits between tries while a service is away: short at first, then at most a minute.
+# On SIGTERM a query's stop waits at most this long for its batch in flight: honcho sends
+# SIGKILL 5 s after SIGTERM.
+STOP_TIMEOUT_SECONDS = 2
+# Pauses before restarting queries that failed in a row: short at first, then a minute; queries
+# that ran for HEALTHY_SECONDS before failing start the series again.
 BACKOFF_SECONDS = (1, 2, 4, 8, 15, 30, 60)
-PROBE_TIMEOUT_SECONDS = 3.0
-PROBE_EVERY_SECONDS = 5.0
-# How a failure caused by a service that does not answer reads (Java and Python clients).
-UNREACHABLE_SIGNS = (
-    "Connection refused",
-    "ConnectException",
-    "Connection reset",
-    "TimeoutException",
-    "Timed out waiting",
-    "SocketTimeoutException",
-    "NoRouteToHost",
-    "UnknownHostException",
-    "Unable to execute HTTP request",
-    "AWSClientIOException",
-    "SdkClientException",
-    "EndpointConnectionError",
-    "Could not connect to the endpoint",
-    "Failed to get offsets",
-    "Service Unavailable",
-)
-Log = Callable[[str], None]
-
-
-def explain_failure(query: StreamingQuery, message: str, settings: Settings) -> str:
-    """A person-sized account of a failed query: the cause's first line and what to do."""
-    first = next((line for line in message.splitlines() if line.strip()), message)[:400]
-    if "NoSuchBucket" in message or "UnknownStoreException" in message:
-        advice = (
-            f"bucket {settings.s3_bucket} does not exist at {settings.s3_endpoint_url}: "
-            "run `task infra-up`"
-        )
-    elif _missing_jar(message):
-        advice = (
-            "a connector jar is missing or does not match this pyspark: run "
-            f"`python -m app.lake.jars` (delete {settings.lab_home / 'jars'} to resolve them again)"
-        )
-    elif _data_loss(message):
-        advice = (
-            "the checkpoint points at offsets Kafka no longer has (topic re-created or "
-            "retention). To start over from what Kafka holds, run `task lake-reset` (it removes "
-            f"the checkpoints in {settings.checkpoint_dir} and the lake folders they fed)"
-        )
-    else:
-        advice = f"see the Spark log above; the checkpoint is in {settings.checkpoint_dir}"
-    return f"query {query.name} failed: {first}\n-> {advice}"
-
-
-def _missing_jar(message: str) -> bool:
-    signs = ("ClassNotFound", "NoClassDefFound", "NoSuchMethod", "Failed to find data")
-    return any(sign in message for sign in signs)
-
-
-def _data_loss(message: str) -> bool:
-    return "data loss" in message.lower() or "failOnDataLoss" in message
-
-
-def unreachable(settings: Settings) -> list[str]:
-    """The services the stream needs that do not answer now, e.g. `Kafka at 127.0.0.1:9092`."""
-    away = []
-    for server in settings.kafka_bootstrap_servers.split(","):
-        host, port = server.strip().rsplit(":", 1)
-        try:
-            socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_SECONDS).close()
-        except OSError:
-            away.append(f"Kafka at {settings.kafka_bootstrap_servers}")
-            break
-    try:
-        s3_filesystem(settings, timeout=PROBE_TIMEOUT_SECONDS).ls(settings.s3_bucket)
-    except Exception:
-        away.append(f"S3 at {settings.s3_endpoint_url}")
-    return away
-
-
-def is_outage(message: str, settings: Settings) -> bool:
-    """A failure is an outage when a service does not answer (now, or by the failure's own
-    words), unless it is one of the errors a restart cannot mend."""
-    if _missing_jar(message) or _data_loss(message) or "NoSuchBucket" in message:
-        return False
-    return bool(unreachable(settings)) or any(sign in message for sign in UNREACHABLE_SIGNS)
+HEALTHY_SECONDS = 120.0
 
 
 def preflight(settings: Settings) -> None:
@@ -165,12 +99,14 @@ def _stream_session(settings: Settings, master: str | None) -> SparkSession:
         )
     finally:
         signal.signal(signal.SIGTERM, previous)
-    # While Kafka is away its client warns twice a second per connection; the stream says it
-    # once itself (`OutageReport`).
+    # While Kafka is away its client warns twice a second per connection, and Spark's offset
+    # reader once per retry; the stream says it once itself (`OutageReport`).
     log4j = spark.sparkContext._jvm.org.apache.logging.log4j  # type: ignore[union-attr]
-    log4j.core.config.Configurator.setLevel(
-        "org.apache.kafka.clients.NetworkClient", log4j.Level.ERROR
-    )
+    for name in (
+        "org.apache.kafka.clients.NetworkClient",
+        "org.apache.spark.sql.kafka010.KafkaOffsetReaderAdmin",  # a stack trace per retry
+    ):
+        log4j.core.config.Configurator.setLevel(name, log4j.Level.ERROR)
     return spark
 
 
@@ -209,15 +145,10 @@ def _stop_requests() -> Iterator[list[int]]:
 
 
 def _pause(seconds: float, received: list[int]) -> None:
+    """Sleep, but wake within a tenth of a second of a stop request."""
     deadline = time.monotonic() + seconds
     while not received and time.monotonic() < deadline:
-        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-
-
-@dataclass(frozen=True)
-class Failure:
-    message: str  # the cause as Spark or the client reported it
-    explanation: str  # what happened and what to run, for a failure a restart cannot mend
+        time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
 
 def run_stream(
@@ -246,41 +177,6 @@ def run_stream(
         lock.release()
 
 
-class OutageReport:
-    """Says once when a service stops answering, once when that stops the queries, and once
-    when every service answers again, however many probes and restarts happen in between."""
-
-    def __init__(self, log: Log) -> None:
-        self.log = log
-        self.since: float | None = None
-        self.stopped = False
-
-    def away(self, services: list[str]) -> None:
-        if self.since is not None:
-            return
-        self.since = time.monotonic()
-        self.log(
-            f"{' and '.join(services) or 'Kafka or S3'} does not answer: the stream waits for it "
-            f"(checked every {BACKOFF_SECONDS[0]} to {BACKOFF_SECONDS[-1]} s)"
-        )
-
-    def queries_stopped(self, services: list[str], cause: str) -> None:
-        self.away(services)
-        if not self.stopped:
-            self.stopped = True
-            first = (cause.strip().splitlines() or ["?"])[0][:200]
-            self.log(
-                f"the queries failed while it is away ({first}); they restart from their "
-                "checkpoints once it answers again"
-            )
-
-    def back(self, what: str) -> None:
-        if self.since is None:
-            return
-        self.log(f"Kafka and S3 answer again after {time.monotonic() - self.since:.0f} s: {what}")
-        self.since, self.stopped = None, False
-
-
 def _supervise(
     spark: SparkSession,
     settings: Settings,
@@ -294,7 +190,9 @@ def _supervise(
     seen: dict[str, int] = {}
     outage = OutageReport(log)
     first = True
+    restarts = 0  # in a row, each after a longer pause
     while not received:
+        began = time.monotonic()
         started = _start(spark, settings, lock, available_now, log)
         if isinstance(started, Failure):
             failure: Failure | None = started
@@ -311,18 +209,23 @@ def _supervise(
             failure = _watch(started, settings, lock, log, received, seen, outage)
         if failure is None:
             return
-        if not is_outage(failure.message, settings):
+        if not (failure.outage or is_outage(failure.message, settings)):
             raise InfraError(failure.explanation)
         outage.queries_stopped(unreachable(settings), failure.message)
+        if time.monotonic() - began > HEALTHY_SECONDS:
+            restarts = 0
+        _pause(BACKOFF_SECONDS[min(restarts, len(BACKOFF_SECONDS) - 1)], received)
+        restarts += 1
         _wait_for_services(settings, received)
     log(f"signal {signal.Signals(received[0]).name}: stopped")
 
 
 def _wait_for_services(settings: Settings, received: list[int]) -> None:
-    for delay in itertools.chain(BACKOFF_SECONDS, itertools.repeat(BACKOFF_SECONDS[-1])):
+    # A probe is cheap (a TCP connect, one S3 request), so it need not back off far.
+    for delay in itertools.chain(BACKOFF_SECONDS, itertools.repeat(PROBE_EVERY_SECONDS)):
         if received or not unreachable(settings):
             return
-        _pause(delay, received)
+        _pause(min(delay, PROBE_EVERY_SECONDS), received)
 
 
 def _start(
@@ -378,12 +281,12 @@ def _watch(
             try:
                 lock.renew()
             except LeaseUnreachable as exc:
-                failure = Failure(str(exc), f"the writer lease could not be renewed: {exc}")
+                failure = Failure(str(exc), str(exc), outage=True)
                 break
-            time.sleep(1.0)
+            _pause(1.0, received)
         if received:
             log(f"signal {signal.Signals(received[0]).name}: stopping the queries")
     finally:
-        stop_queries(queries)
+        stop_queries(queries, patience=STOP_TIMEOUT_SECONDS if received else None)
     _report_progress(queries, seen, log)
     return failure or _failure(queries, settings)

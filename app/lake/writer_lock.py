@@ -8,7 +8,8 @@ takes it over only if nobody wrote it in between. Amazon S3, MinIO (since 2024-0
 S3 Gateway (v1.8) honour both. The holder renews the lease every third of its time-out; it is
 taken over when it was not renewed within the time-out (judged by the S3 server's clock: its
 `Last-Modified` against its `Date`), or at once when its holder was on this host and is gone.
-A holder that cannot renew within the time-out (S3 away) stops writing until it holds it again.
+A holder that cannot renew it for three quarters of the time-out (S3 away) stops writing until
+it holds it again.
 """
 
 from __future__ import annotations
@@ -187,15 +188,18 @@ class S3Lease:
 
     def renew(self) -> None:
         since = time.monotonic() - self.renewed
-        if since < self.timeout / 3:
+        if self.etag is None or since < self.timeout / 3:
             return
         try:
-            if self._put(IfMatch=self.etag or "*"):
+            if self._put(IfMatch=self.etag):
                 return
         except Exception as exc:  # S3 unreachable: connection refused, time-out, 5xx
-            if since > self.timeout:
-                raise LeaseUnreachable(str(exc)) from exc
-            return  # S3 is away: try again on the next call
+            # Stop writing well before another job may take the lease over (at `timeout`).
+            if since > self.timeout * 3 / 4:
+                raise LeaseUnreachable(
+                    f"S3 did not renew the writer lease for {since:.0f} s ({exc})"
+                ) from exc
+            return  # try again on the next call
         current = self._current()
         holder = _describe(current[1]) if current else "nobody"
         raise LeaseLost(
@@ -206,6 +210,7 @@ class S3Lease:
     def release(self) -> None:
         if self.etag is None:
             return
-        with contextlib.suppress(OSError):
+        # Best effort: a lease left behind (S3 away, taken over) lapses or is taken over anyway.
+        with contextlib.suppress(Exception):
             self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key, IfMatch=self.etag)
         self.etag = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 from pyspark.sql import SparkSession
@@ -16,7 +17,7 @@ from app.lake.queries import sinks, start_queries
 from app.lake.sink_log import LogState
 from app.lake.storage import join_url, location, s3_filesystem
 from app.lake.stream import prepare_sinks
-from app.lake.writer_lock import LEASE_NAME, writer_lock
+from app.lake.writer_lock import LEASE_NAME, LeaseLost, writer_lock
 from tests.lake.helpers import job_environment, make_orders, produce_orders, run_job
 
 HOLD_LEASE = """
@@ -173,3 +174,28 @@ def test_one_writer_per_s3_checkpoint(s3_checkpoint: Settings) -> None:
     finally:
         holder.kill()
         holder.wait(timeout=10)
+
+
+def test_a_lapsed_s3_lease_is_taken_over_and_its_old_holder_told(s3_checkpoint: Settings) -> None:
+    settings = s3_checkpoint.model_copy(update={"spark_writer_lease_seconds": 5})
+    first, second = writer_lock(settings), writer_lock(settings)
+    first.acquire()
+    taken = time.monotonic()
+    try:
+        with pytest.raises(InfraError, match="Another stream job is running on the checkpoint"):
+            second.acquire()
+        # The first holder stalls (no renewal): the lease is free once the S3 server's clock (in
+        # whole seconds) says it was not renewed for 5 s, and not before.
+        while True:
+            try:
+                second.acquire()
+                break
+            except InfraError:
+                assert time.monotonic() - taken < 30, "the lapsed lease was never taken over"
+                time.sleep(0.5)
+        assert time.monotonic() - taken > 4
+        with pytest.raises(LeaseLost, match="was taken over"):
+            first.renew()
+    finally:
+        second.release()
+        first.release()

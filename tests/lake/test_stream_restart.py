@@ -26,7 +26,7 @@ from tests.lake.helpers import (
     wait_for,
 )
 
-ORDERS = 20_000
+ORDERS = 12_000
 
 
 def _batches(checkpoint: str, log: str) -> set[int]:
