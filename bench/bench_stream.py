@@ -8,7 +8,7 @@
    query, no parsing, no validation), i.e. what Kafka -> Spark -> S3 costs before the lab adds
    anything. The lab stream runs first, so it also pays the JVM's warm-up.
 2. Freshness at the default trigger (`SPARK_TRIGGER_INTERVAL`, 30 seconds), on the Procfile's
-   job (`spark/stream_purchases.py`, its own process): orders are POSTed to the ingest API
+   job (`python -m app.lake`, its own process): orders are POSTed to the ingest API
    (`app.api`, in this process with its real Kafka producer) every second; for each order, the
    time from the start of its POST to the moment its file is in the sink's commit log, i.e.
    readable by Spark or by `committed_files` + pyarrow (polled every 0.5 s). Baseline: what the
@@ -353,10 +353,10 @@ def start_job(settings: Settings, s3_endpoint: str, log: Path) -> subprocess.Pop
         "SPARK_CHECKPOINT_DIR": settings.checkpoint_dir,
         "S3_ENDPOINT_URL": s3_endpoint,
     }
-    script = Path(__file__).resolve().parents[1] / "spark" / "stream_purchases.py"
     with log.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, str(script), "--master", MASTER],
+            [sys.executable, "-m", "app.lake", "--master", MASTER],
+            cwd=Path(__file__).resolve().parents[1],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -18,11 +18,14 @@ from app.infra.kafka import Kafka
 
 
 class SpareKafka(Kafka):
-    """A broker of the lab's cached jars with its own name, so its data, log, pid and config
-    files (and its ports, from the settings) are separate from the lab's broker. Tests stop and
-    start it to cause real outages without touching the lab's broker."""
+    """A broker of the lab's cached jars with a name of its own (`kafka-spare-<tag>`), so its
+    data, log, pid and config files (and its ports, from the settings) are apart from the lab's
+    broker and from other spare brokers. Tests stop and start it to cause real outages without
+    touching the lab's broker."""
 
-    name = "kafka-spare-test"
+    def __init__(self, settings: Settings, tag: str) -> None:
+        self.name = f"kafka-spare-{tag}"  # before the base names its files after it
+        super().__init__(settings)
 
     @property
     def config_file(self) -> Path:
@@ -50,7 +53,7 @@ def spare_kafka(base: Settings, tag: str, **changes: Any) -> Iterator[SpareKafka
             **changes,
         }
     )
-    broker = SpareKafka(settings)
+    broker = SpareKafka(settings, tag)
     shutil.rmtree(broker.data_dir, ignore_errors=True)
     broker.start()
     try:

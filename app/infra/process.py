@@ -20,11 +20,13 @@ from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]  # no stubs installed
 
+from app.core.errors import LabError
+
 # create_time() is rounded differently by platforms; a reused pid starts seconds apart at least.
 START_TIME_TOLERANCE = 0.05
 
 
-class InfraError(RuntimeError):
+class InfraError(LabError):
     """A problem a person has to act on; the message says what happened and what to do."""
 
 

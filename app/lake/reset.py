@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 
 from app.core.config import Settings, get_settings
-from app.infra.process import InfraError
+from app.core.errors import LabError
 from app.lake.queries import sinks
 from app.lake.storage import location
 from app.lake.writer_lock import writer_lock
@@ -28,7 +28,7 @@ def reset_targets(settings: Settings) -> list[str]:
 
 def reset_lake(settings: Settings) -> list[str]:
     """Remove the checkpoints and lake folders while holding the writer lock; say what went.
-    Raises InfraError (naming the holder) when a stream is running."""
+    Raises LabError (naming the holder) when a stream is running."""
     lock = writer_lock(settings)
     lock.acquire()
     removed = []
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None, ask: Callable[[str], str] = input) -> in
             return 1
     try:
         removed = reset_lake(settings)
-    except InfraError as exc:
+    except LabError as exc:
         print(f"lake-reset: nothing removed. {exc}", file=sys.stderr)
         return 1
     if removed:

@@ -22,8 +22,8 @@ from pyspark.sql import SparkSession
 from pyspark.sql.streaming.query import StreamingQuery
 
 from app.core.config import Settings
+from app.core.errors import LabError
 from app.core.kafka import ensure_topics
-from app.infra.process import InfraError
 from app.lake.failures import (
     PROBE_EVERY_SECONDS,
     Failure,
@@ -54,18 +54,18 @@ def preflight(settings: Settings) -> None:
     try:
         ensure_topics(settings, [settings.topic_purchased_item])
     except Exception as exc:
-        raise InfraError(
+        raise LabError(
             f"Kafka is not reachable at {settings.kafka_bootstrap_servers} ({exc}). "
             "Run `task infra-up`."
         ) from exc
     try:
         found = s3_filesystem(settings).exists(settings.s3_bucket)
     except Exception as exc:
-        raise InfraError(
+        raise LabError(
             f"S3 is not reachable at {settings.s3_endpoint_url} ({exc}). Run `task infra-up`."
         ) from exc
     if not found:
-        raise InfraError(
+        raise LabError(
             f"Bucket {settings.s3_bucket} does not exist at {settings.s3_endpoint_url}. "
             "Run `task infra-up` (it creates the bucket)."
         )
@@ -77,7 +77,7 @@ def prepare_sinks(settings: Settings, log: Log) -> None:
     for sink in sinks(settings):
         problem = disagreement(settings, sink.url, sink.checkpoint)
         if problem:
-            raise InfraError(problem)
+            raise LabError(problem)
     for sink in sinks(settings):
         removed = remove_orphans(settings, sink.url)
         if removed:
@@ -160,7 +160,7 @@ def run_stream(
 ) -> None:
     """Run both queries until SIGTERM/Ctrl-C (or, with `available_now`, until the backlog is
     written), riding out Kafka or S3 outages, then stop them and the session. An error a restart
-    cannot mend raises InfraError."""
+    cannot mend raises LabError."""
     preflight(settings)
     lock = writer_lock(settings)
     lock.acquire()
@@ -210,7 +210,7 @@ def _supervise(
         if failure is None:
             return
         if not (failure.outage or is_outage(failure.message, settings)):
-            raise InfraError(failure.explanation)
+            raise LabError(failure.explanation)
         outage.queries_stopped(unreachable(settings), failure.message)
         if time.monotonic() - began > HEALTHY_SECONDS:
             restarts = 0
@@ -236,7 +236,7 @@ def _start(
         lock.acquire()
         prepare_sinks(settings, log)
         return start_queries(spark, settings, available_now=available_now)
-    except InfraError:
+    except LabError:
         raise
     except Exception as exc:  # S3 or Kafka away while reading the logs or starting
         return Failure(str(exc), f"the stream could not start its queries: {exc}")

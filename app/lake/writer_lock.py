@@ -29,7 +29,7 @@ from typing import IO, Any, Protocol
 import psutil  # type: ignore[import-untyped]  # no stubs installed
 
 from app.core.config import Settings
-from app.infra.process import InfraError
+from app.core.errors import LabError
 from app.lake.storage import is_s3, join_url, location, s3_filesystem
 
 LEASE_NAME = "writer.lease"
@@ -38,7 +38,7 @@ LOCK_NAME = "job.lock"
 REQUEST_TIMEOUT_SECONDS = 5.0
 
 
-class LeaseLost(InfraError):
+class LeaseLost(LabError):
     """Another job took the checkpoint over: this one must stop writing at once."""
 
 
@@ -48,7 +48,7 @@ class LeaseUnreachable(Exception):
 
 class WriterLock(Protocol):
     def acquire(self) -> None:
-        """Take the checkpoint (or keep it, if held), or raise InfraError saying who holds it."""
+        """Take the checkpoint (or keep it, if held), or raise LabError saying who holds it."""
 
     def renew(self) -> None:
         """Keep holding it; LeaseLost if another job took it, LeaseUnreachable if expired."""
@@ -65,8 +65,8 @@ def writer_lock(settings: Settings, checkpoint: str | None = None) -> WriterLock
     return FileLock(Path(location(settings, checkpoint)[1]))
 
 
-def _refusal(checkpoint: str, holder: str) -> InfraError:
-    return InfraError(
+def _refusal(checkpoint: str, holder: str) -> LabError:
+    return LabError(
         f"Another stream job is running on the checkpoint {checkpoint} ({holder}). It keeps the "
         "lake up to date already; stop it first (the Procfile's `spark` process?) if you want to "
         "run this one."

@@ -93,7 +93,7 @@ def test_every_acknowledged_record_lands_exactly_once(lab: Settings, tmp_path: P
     env = {**os.environ, **lab.as_environment(), "PYTHONPATH": str(ROOT)}
     python = sys.executable
     api = _start([python, "-m", "app.api", "--no-reload"], env, tmp_path / "api.log")
-    stream = _start([python, "spark/stream_purchases.py"], env, tmp_path / "spark.log")
+    stream = _start([python, "-m", "app.lake"], env, tmp_path / "spark.log")
     try:
         _wait_for(lambda: _api_ready(lab.api_url), "the API", timeout=60)
         record_file = tmp_path / "acknowledged.jsonl"

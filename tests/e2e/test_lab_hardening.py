@@ -46,7 +46,8 @@ PROCFILE_PROCESSES = {
     "api": "app.api",
     "generator": "app.generator",
     "airflow": "app.airflow_runner",
-    "spark": "stream_purchases.py",
+    "spark": "app.lake",
+    "console": "app.console",
 }
 
 

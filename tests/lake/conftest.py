@@ -16,7 +16,7 @@ from app.core.config import Settings, get_settings
 from app.core.kafka import ensure_topics
 from app.lake.spark import build_spark_session
 from app.lake.storage import ensure_bucket
-from tests.conftest import make_isolated_settings
+from tests.conftest import make_isolated_settings, remove_isolated
 
 
 @pytest.fixture(scope="session")
@@ -27,11 +27,13 @@ def spark() -> Iterator[SparkSession]:
 
 
 @pytest.fixture
-def stream_settings(lab_services: Settings) -> Settings:
-    """A topic, lake prefixes and checkpoint of this test's own; a 1 s trigger, small batches."""
+def stream_settings(lab_services: Settings) -> Iterator[Settings]:
+    """A topic, lake prefixes and checkpoint of this test's own; a 1 s trigger, small batches.
+    Removed from the services afterwards."""
     settings = make_isolated_settings(lab_services).model_copy(
         update={"spark_trigger_interval": "1 second", "spark_max_offsets_per_trigger": 500}
     )
     ensure_topics(settings, [settings.topic_purchased_item])
     ensure_bucket(settings)
-    return settings
+    yield settings
+    remove_isolated(settings)

@@ -23,7 +23,6 @@ from app.lake.storage import s3_filesystem
 from app.schemas import PaymentType, Purchase, PurchasedProduct, format_timestamp, order_total
 
 ORDER_FIELDS = [field.name for field in PURCHASE_STRUCT.fields]
-STREAM_JOB = ROOT / "spark" / "stream_purchases.py"
 
 
 def make_orders(count: int, tag: str = "t") -> list[Purchase]:
@@ -131,10 +130,11 @@ def job_environment(settings: Settings) -> dict[str, str]:
 
 
 def start_job(settings: Settings, log: Path, *flags: str) -> subprocess.Popen[bytes]:
-    """`spark/stream_purchases.py` in its own process group, as honcho runs it."""
+    """The stream job (`python -m app.lake`) in its own process group, as honcho runs it."""
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, str(STREAM_JOB), "--master", "local[2]", *flags],
+            [sys.executable, "-m", "app.lake", "--master", "local[2]", *flags],
+            cwd=ROOT,
             env=job_environment(settings),
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -147,7 +147,8 @@ def run_job(
 ) -> subprocess.CompletedProcess[str]:
     """The stream job to its end (`--available-now`), its output captured."""
     return subprocess.run(
-        [sys.executable, str(STREAM_JOB), "--master", "local[2]", "--available-now", *flags],
+        [sys.executable, "-m", "app.lake", "--master", "local[2]", "--available-now", *flags],
+        cwd=ROOT,
         env=job_environment(settings),
         capture_output=True,
         text=True,

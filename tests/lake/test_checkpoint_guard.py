@@ -12,7 +12,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from app.core.config import ROOT, Settings
-from app.infra.process import InfraError
+from app.core.errors import LabError
 from app.lake.queries import sinks, start_queries
 from app.lake.sink_log import LogState
 from app.lake.storage import join_url, location, s3_filesystem
@@ -108,7 +108,7 @@ def test_s3_checkpoint_lost_is_refused_until_lake_reset_removes_both(
 
     # The checkpoint is lost, the lake folder is kept: the job refuses, naming both and the fix.
     fs.rm(checkpoint_key, recursive=True)
-    with pytest.raises(InfraError) as refused:
+    with pytest.raises(LabError) as refused:
         prepare_sinks(settings, print)
     message = str(refused.value)
     assert checkpoint in message
@@ -150,7 +150,7 @@ def test_one_writer_per_s3_checkpoint(s3_checkpoint: Settings) -> None:
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         lock = writer_lock(settings)
-        with pytest.raises(InfraError, match="Another stream job is running on the checkpoint"):
+        with pytest.raises(LabError, match="Another stream job is running on the checkpoint"):
             lock.acquire()
         job = run_job(settings)
         assert job.returncode == 1
@@ -167,7 +167,7 @@ def test_one_writer_per_s3_checkpoint(s3_checkpoint: Settings) -> None:
         lease = join_url(settings.checkpoint_dir, LEASE_NAME)
         fs, key = location(settings, lease)
         assert fs.exists(key)
-        with pytest.raises(InfraError, match="Another stream job is running on the checkpoint"):
+        with pytest.raises(LabError, match="Another stream job is running on the checkpoint"):
             writer_lock(settings).acquire()
         lock.release()
         assert not fs.exists(key)
@@ -182,7 +182,7 @@ def test_a_lapsed_s3_lease_is_taken_over_and_its_old_holder_told(s3_checkpoint: 
     first.acquire()
     taken = time.monotonic()
     try:
-        with pytest.raises(InfraError, match="Another stream job is running on the checkpoint"):
+        with pytest.raises(LabError, match="Another stream job is running on the checkpoint"):
             second.acquire()
         # The first holder stalls (no renewal): the lease is free once the S3 server's clock (in
         # whole seconds) says it was not renewed for 5 s, and not before.
@@ -190,7 +190,7 @@ def test_a_lapsed_s3_lease_is_taken_over_and_its_old_holder_told(s3_checkpoint: 
             try:
                 second.acquire()
                 break
-            except InfraError:
+            except LabError:
                 assert time.monotonic() - taken < 30, "the lapsed lease was never taken over"
                 time.sleep(0.5)
         assert time.monotonic() - taken > 4

@@ -8,8 +8,6 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
-
 from app.core.config import Settings
 from tests.lake.helpers import (
     arrow_orders,
@@ -19,7 +17,7 @@ from tests.lake.helpers import (
     start_job,
     wait_for,
 )
-from tests.support import SpareKafka, spare_kafka
+from tests.support import spare_kafka
 
 OUTAGE_SECONDS = 20
 STOPPED = "the queries failed while it is away"
@@ -30,13 +28,10 @@ def _text(log: Path) -> str:
 
 
 def test_the_stream_rides_out_a_kafka_outage_and_lands_later_orders_once(
-    stream_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    stream_settings: Settings, tmp_path: Path
 ) -> None:
     log = tmp_path / "stream.log"
     tag = stream_settings.topic_purchased_item.removesuffix("-PurchasedItem")
-    # A broker of this test's own: its data, pid and log files apart from other spare brokers
-    # that tests running beside this one may start and wipe.
-    monkeypatch.setattr(SpareKafka, "name", f"kafka-spare-{tag}")
     with spare_kafka(stream_settings, tag) as broker:
         # Short Kafka time-outs: the queries fail within the outage, so the restart is tested
         # too, not only Spark's own waiting.

@@ -4,7 +4,7 @@ kept aside with its reason, and the stream carries on."""
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import UTC, datetime
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -36,6 +36,7 @@ def test_available_now_lands_every_order_once_field_for_field(
     spark: SparkSession, stream_settings: Settings
 ) -> None:
     settings = stream_settings
+    started = datetime.now(UTC).date()
     first, second = make_orders(1200, "a"), make_orders(300, "b")
     produce_orders(settings, first)
     # 1200 orders over 3 partitions at 500 offsets per trigger: several micro-batches.
@@ -50,7 +51,8 @@ def test_available_now_lands_every_order_once_field_for_field(
     lineage = lake.select("kafka_partition", "kafka_offset", "kafka_timestamp", "ingest_date")
     assert lineage.select("kafka_partition", "kafka_offset").distinct().count() == len(first)
     assert lineage.where(F.col("ingest_date") != F.to_date("kafka_timestamp")).count() == 0
-    assert {row["ingest_date"] for row in lineage.collect()} <= {date.today()}
+    # The UTC dates of the run (the partition is the UTC date of the Kafka time).
+    assert {row["ingest_date"] for row in lineage.collect()} <= {started, datetime.now(UTC).date()}
     assert arrow_rows(settings, settings.purchases_quarantine_url) == []
 
     # A second run resumes from the checkpoint: only the new orders are added.

@@ -1,8 +1,12 @@
 """The lab's Spark job: topic `PurchasedItem` -> raw Parquet on S3, every order exactly once.
 
-    .venv/bin/python spark/stream_purchases.py                  # until Ctrl-C / SIGTERM
-    .venv/bin/python spark/stream_purchases.py --available-now  # the backlog, then exit
-    .venv/bin/python spark/stream_purchases.py --master spark://host:7077
+    .venv/bin/python -m app.lake                  # until Ctrl-C / SIGTERM
+    .venv/bin/python -m app.lake --available-now  # the backlog, then exit
+    .venv/bin/python -m app.lake --master spark://host:7077
+
+It starts Spark through pyspark (which runs `spark-submit` for its JVM) rather than being given
+to `spark-submit`: the session (`app/lake/spark.py`) resolves and adds the connector jars and
+the s3a settings itself, so one command works the same under honcho, in tests and by hand.
 
 Topic, bucket, prefixes, checkpoint, trigger interval and batch size come from the settings
 (`.env` / environment). The job is `app/lake/stream.py`; its queries are in `app/lake/queries.py`.
@@ -12,13 +16,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
-# Run as a file (the Procfile does), so the repository root is not on the path by itself.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.core.config import get_settings
-from app.infra.process import InfraError
+from app.core.errors import LabError
 from app.lake.stream import run_stream
 
 
@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         run_stream(get_settings(), available_now=args.available_now, master=args.master)
-    except InfraError as exc:
-        print(f"stream_purchases: {exc}", file=sys.stderr)
+    except LabError as exc:
+        print(f"app.lake: {exc}", file=sys.stderr)
         return 1
     return 0
 
