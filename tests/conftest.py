@@ -16,6 +16,16 @@ import pytest
 
 from app.core.config import Settings, get_settings
 
+# A test whose fixtures include one of these needs the services or starts a Spark JVM.
+HEAVY_FIXTURES = {"lab_services", "spark"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that need no service and no Spark: `pytest -m quick` runs them in seconds."""
+    for item in items:
+        if not HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.quick)
+
 
 @pytest.fixture(scope="session")
 def lab_services() -> Settings:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from app.core.config import ROOT
+from app.core.config import ROOT, Settings
 
 # Runs `run_components` with one component that exits at once and one that runs on.
 SUPERVISOR = """
@@ -50,3 +50,19 @@ def test_an_exiting_component_is_started_again_with_backoff_and_sigterm_stops_al
     assert "flaky exited (code 3); starting it again in 2 s" in output
     assert output.count("steady ran") == 1, output
     assert output.rstrip().endswith("supervisor stopped"), output
+
+
+def test_task_airflow_talks_to_the_labs_airflow(isolated_settings: Settings) -> None:
+    """`task airflow -- ...` runs the airflow command with the lab's home and DAGs folder, not
+    `~/airflow`."""
+    result = subprocess.run(
+        [sys.executable, "-m", "app.airflow_cli", "config", "get-value", "core", "dags_folder"],
+        env={**os.environ, **isolated_settings.as_environment()},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(ROOT / "dags")
