@@ -29,7 +29,7 @@ from tests.analysis.dataset import (
     reference_repeat_purchases,
     write_lake,
 )
-from tests.conftest import make_isolated_settings
+from tests.support import make_isolated_settings
 
 
 def analyze(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:

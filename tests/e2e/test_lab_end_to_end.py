@@ -31,7 +31,7 @@ from app.core.config import ROOT, Settings
 from app.lake.sink_log import committed_files
 from app.lake.storage import s3_filesystem
 from app.pipeline.store import EventStore
-from tests.conftest import make_isolated_settings, remove_isolated
+from tests.support import make_isolated_settings, remove_isolated
 
 pytestmark = pytest.mark.slow
 

@@ -35,8 +35,13 @@ from app.infra.services import LocalService, local_services
 from app.lake.sink_log import committed_files
 from app.lake.storage import s3_filesystem
 from app.pipeline.store import EventStore
-from tests.conftest import make_isolated_settings, remove_isolated
-from tests.support import SpareKafka, free_port, spare_kafka
+from tests.support import (
+    SpareKafka,
+    free_port,
+    make_isolated_settings,
+    remove_isolated,
+    spare_kafka,
+)
 
 pytestmark = pytest.mark.slow
 

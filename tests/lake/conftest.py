@@ -16,7 +16,7 @@ from app.core.config import Settings, get_settings
 from app.core.kafka import ensure_topics
 from app.lake.spark import build_spark_session
 from app.lake.storage import ensure_bucket
-from tests.conftest import make_isolated_settings, remove_isolated
+from tests.support import make_isolated_settings, remove_isolated
 
 
 @pytest.fixture(scope="session")

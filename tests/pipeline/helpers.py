@@ -17,7 +17,7 @@ from app.core.config import ROOT, Settings
 from app.core.kafka import ensure_topics
 from app.pipeline.store import EventStore
 from app.schemas import EventAttributes, EventName, UserEvent
-from tests.conftest import make_isolated_settings, remove_isolated
+from tests.support import make_isolated_settings, remove_isolated
 
 Pair = tuple[str, str]
 
