@@ -29,7 +29,8 @@ def topic_offsets(settings: Settings) -> list[str]:
 
 
 def mongo_counts(settings: Settings) -> list[str]:
-    from app.pipeline.store import EventStore, mongo_client
+    from app.core.clients import mongo_client
+    from app.pipeline.store import EventStore
 
     client = mongo_client(settings, timeout_ms=3000)
     try:
@@ -43,7 +44,7 @@ def mongo_counts(settings: Settings) -> list[str]:
 
 
 def lake_files(settings: Settings) -> list[str]:
-    from app.lake.storage import s3_filesystem
+    from app.core.clients import s3_filesystem
 
     fs = s3_filesystem(settings)
     lines = []
@@ -61,8 +62,8 @@ def lake_orders(settings: Settings) -> list[str]:
     import pyarrow.parquet as pq
 
     from app.analysis.conflicts import ORDER_FIELDS, conflicting_orders
+    from app.core.clients import s3_filesystem
     from app.lake.sink_log import committed_files
-    from app.lake.storage import s3_filesystem
 
     files = committed_files(settings, settings.purchases_url)
     if not files:
@@ -85,9 +86,9 @@ def lake_orders(settings: Settings) -> list[str]:
 def table_rows(settings: Settings) -> list[str]:
     from psycopg2 import sql
 
-    from app.analysis.repeat_store import connect
+    from app.core.clients import postgres_connection
 
-    conn = connect(settings)
+    conn = postgres_connection(settings)
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT to_regclass(%s)", (settings.repeat_purchases_table,))

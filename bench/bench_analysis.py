@@ -308,11 +308,12 @@ def bench_postgres_write(settings: Settings, rows: list[RepeatRow]) -> None:
     import psycopg2
     from psycopg2 import sql
 
-    from app.analysis.repeat_store import COLUMNS, connect, ensure_schema, replace_repeat_purchases
+    from app.analysis.repeat_store import COLUMNS, ensure_schema, replace_repeat_purchases
+    from app.core.clients import postgres_connection
 
     scratch = settings.model_copy(update={"repeat_purchases_table": f"bench_repeat_{os.getpid()}"})
     try:
-        conn = connect(scratch)
+        conn = postgres_connection(scratch)
     except psycopg2.OperationalError as exc:
         print(f"\nPostgreSQL write skipped: {str(exc).strip()} (run `task infra-up`)")
         return

@@ -39,11 +39,12 @@ from kafka.consumer.fetcher import ConsumerRecord
 # Run as a script from anywhere: the repository root holds the `app` package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.core.clients import Document, kafka_admin, mongo_client
 from app.core.config import Settings, get_settings
-from app.core.kafka import admin_client, ensure_topics
+from app.core.kafka import ensure_topics
 from app.pipeline.counts import apply_batches, refresh_event_counts
 from app.pipeline.drain import drain_user_events, open_consumer, pending_batches, prepare_batch
-from app.pipeline.store import Document, EventStore, mongo_client
+from app.pipeline.store import EventStore
 from app.schemas import EventAttributes, EventName, UserEvent
 
 BATCH_USERS = 2_000  # the users of the measured batch; every history includes them
@@ -114,21 +115,23 @@ def consume_alone(settings: Settings) -> tuple[list[ConsumerRecord], float]:
 
 def insert_alone(settings: Settings, records: list[ConsumerRecord]) -> float:
     """Baseline b: insert the drain's documents for `records`, timing only `insert_many`."""
-    store = EventStore.connect(settings)
-    store.ensure_indexes()  # the drain writes into an indexed collection too
     spent = 0.0
-    for start in range(0, len(records), settings.drain_batch_size):
-        documents = prepare_batch(records[start : start + settings.drain_batch_size], None).events
-        started = time.perf_counter()
-        store.events.insert_many(documents, ordered=False)
-        spent += time.perf_counter() - started
+    with EventStore.open(settings) as store:
+        store.ensure_indexes()  # the drain writes into an indexed collection too
+        for start in range(0, len(records), settings.drain_batch_size):
+            batch = records[start : start + settings.drain_batch_size]
+            documents = prepare_batch(batch, None).events
+            started = time.perf_counter()
+            store.events.insert_many(documents, ordered=False)
+            spent += time.perf_counter() - started
     return spent
 
 
 def bench_drain(base: Settings, backlog: int) -> None:
     settings = isolated(base, drain_max_records=backlog, drain_max_seconds=24 * 3600.0)
     ensure_topics(settings, [settings.topic_user_events])
-    EventStore.connect(settings).ensure_indexes()
+    with EventStore.open(settings) as store:
+        store.ensure_indexes()
     baseline = settings.model_copy(update={"drain_group_id": f"{settings.drain_group_id}-baseline"})
     insert_target = settings.model_copy(update={"mongo_database": f"{settings.mongo_database}_b"})
     try:
@@ -157,7 +160,7 @@ def bench_drain(base: Settings, backlog: int) -> None:
         print(f"  c. drain_user_events              {rate(backlog, summary.seconds)}")
         print(f"     = {backlog / summary.seconds / serial:.2f} x the back-to-back baseline")
     finally:
-        admin_client(settings).delete_topics([settings.topic_user_events])
+        kafka_admin(settings).delete_topics([settings.topic_user_events])
         client = mongo_client(settings)
         client.drop_database(settings.mongo_database)
         client.drop_database(insert_target.mongo_database)

@@ -53,13 +53,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from app.core.clients import kafka_admin, s3_filesystem
 from app.core.config import Settings, get_settings
-from app.core.kafka import admin_client, ensure_topics
+from app.core.kafka import ensure_topics
 from app.lake.queries import kafka_messages, sinks, start_queries
 from app.lake.schema import PARTITION_COLUMN
 from app.lake.sink_log import committed_files
 from app.lake.spark import build_spark_session
-from app.lake.storage import ensure_bucket, s3_filesystem
+from app.lake.storage import ensure_bucket
 from app.schemas import PaymentType, Purchase, PurchasedProduct, order_total
 
 MASTER = "local[2]"
@@ -394,7 +395,7 @@ def clean_up(settings: Settings) -> None:
     top = f"{settings.s3_bucket}/{settings.s3_purchases_prefix.split('/')[0]}"
     if fs.exists(top):
         fs.rm(top, recursive=True)
-    for deleted in admin_client(settings).delete_topics([settings.topic_purchased_item]).values():
+    for deleted in kafka_admin(settings).delete_topics([settings.topic_purchased_item]).values():
         deleted.result()
     shutil.rmtree(settings.checkpoint_dir, ignore_errors=True)
 

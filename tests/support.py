@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import shutil
 import socket
 import time
@@ -16,6 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from app.core.config import Settings
 from app.core.kafka import ensure_topics
 from app.infra.kafka import Kafka
+from app.pipeline.store import EventStore
 
 
 class SpareKafka(Kafka):
@@ -123,12 +126,10 @@ def remove_isolated(settings: Settings) -> None:
     S3 prefixes, Mongo database, Postgres table and Airflow database, the stream's checkpoint."""
     from psycopg2 import sql
 
-    from app.analysis.repeat_store import connect
-    from app.core.kafka import admin_client
-    from app.lake.storage import location, s3_filesystem
-    from app.pipeline.store import mongo_client
+    from app.core.clients import kafka_admin, mongo_client, postgres_connection, s3_filesystem
+    from app.lake.storage import location
 
-    admin = admin_client(settings)
+    admin = kafka_admin(settings)
     topics = [settings.topic_user_events, settings.topic_purchased_item]
     existing = set(admin.list_topics(timeout=10).topics)
     for future in admin.delete_topics([t for t in topics if t in existing]).values():
@@ -150,14 +151,14 @@ def remove_isolated(settings: Settings) -> None:
     client = mongo_client(settings)
     client.drop_database(settings.mongo_database)
     client.close()
-    conn = connect(settings)
+    conn = postgres_connection(settings)
     try:
         with conn, conn.cursor() as cur:
             table = sql.Identifier(settings.repeat_purchases_table)
             cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
     finally:
         conn.close()
-    conn = connect(settings, "postgres")
+    conn = postgres_connection(settings, "postgres")
     conn.autocommit = True  # DROP DATABASE cannot run inside a transaction
     try:
         with conn.cursor() as cur:
@@ -165,3 +166,18 @@ def remove_isolated(settings: Settings) -> None:
             cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(database))
     finally:
         conn.close()
+
+
+@functools.cache
+def _mongo_client_for(url: str) -> Any:
+    from app.core.clients import mongo_client
+
+    client = mongo_client(Settings().model_copy(update={"mongo_url": url}))
+    atexit.register(client.close)
+    return client
+
+
+def event_store(settings: Settings) -> EventStore:
+    """The pipeline's store for `settings`, on one client per MongoDB URL for the whole test
+    session (closed at exit), so tests do not open a client per look."""
+    return EventStore.connect(settings, _mongo_client_for(settings.mongo_url))

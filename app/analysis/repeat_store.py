@@ -8,7 +8,6 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-import psycopg2
 from psycopg2 import sql
 
 from app.core.config import Settings
@@ -23,10 +22,6 @@ COLUMNS = (
 )
 
 RepeatRow = tuple[str, str, int, int, datetime, datetime]
-
-
-def connect(settings: Settings, database: str | None = None) -> Any:
-    return psycopg2.connect(settings.postgres_dsn(database), connect_timeout=5)
 
 
 def ensure_schema(conn: Any, settings: Settings) -> str:

@@ -27,10 +27,9 @@ from typing import Any
 import psycopg2
 
 from app.analysis.purchases import parse_now
-from app.analysis.repeat_store import connect
+from app.core.clients import postgres_connection, s3_filesystem
 from app.core.config import ROOT, Settings, get_settings
 from app.core.errors import LabError
-from app.lake.storage import s3_filesystem
 
 NOTEBOOKS = ROOT / "notebooks"
 PURCHASES_NOTEBOOK = NOTEBOOKS / "01_purchases_analysis.ipynb"
@@ -52,7 +51,7 @@ class Report:
 def check_postgres(settings: Settings) -> None:
     """Raise AnalysisError unless the analytics database accepts a connection."""
     try:
-        connect(settings).close()
+        postgres_connection(settings).close()
     except psycopg2.OperationalError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise AnalysisError(

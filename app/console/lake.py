@@ -14,10 +14,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from app.console.probes import Reading
+from app.core.clients import s3_filesystem
 from app.core.config import Settings
 from app.lake.schema import PARTITION_COLUMN
 from app.lake.sink_log import committed_files
-from app.lake.storage import s3_filesystem
 
 PARTITION = re.compile(rf"{PARTITION_COLUMN}=(\d{{4}}-\d{{2}}-\d{{2}})")
 

@@ -15,9 +15,10 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from pymongo import DESCENDING
 
+from app.core.clients import mongo_client
 from app.core.config import Settings
 from app.core.kafka import topic_ends
-from app.pipeline.store import EventStore, mongo_client
+from app.pipeline.store import EventStore
 
 # Routes that are not ingest: the console's own scrapes and health checks would count as traffic.
 NOT_INGEST = ("/metrics", "/health", "/health/ready")
@@ -176,9 +177,9 @@ def postgres_reading(settings: Settings) -> Reading:
     """Rows in `repeat_purchases` and when its file last changed (the table keeps no time)."""
     from psycopg2 import sql
 
-    from app.analysis.repeat_store import connect
+    from app.core.clients import postgres_connection
 
-    conn = connect(settings)
+    conn = postgres_connection(settings)
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT to_regclass(%s)", (settings.repeat_purchases_table,))

@@ -21,9 +21,10 @@ from typing import Any
 from fsspec import AbstractFileSystem
 
 from app.console.probes import Reading
+from app.core.clients import s3_filesystem
 from app.core.config import Settings
 from app.lake.queries import sinks
-from app.lake.storage import is_s3, join_url, location, s3_filesystem
+from app.lake.storage import is_s3, join_url, location
 from app.lake.writer_lock import LEASE_NAME, LOCK_NAME
 
 NOT_RUNNING = "no stream job holds the checkpoint (the Procfile's `spark` process is not running)"

@@ -6,8 +6,9 @@ import time
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaException, TopicCollection, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
+from app.core.clients import kafka_admin
 from app.core.config import Settings
 
 
@@ -15,13 +16,9 @@ def lab_topics(settings: Settings) -> list[str]:
     return [settings.topic_user_events, settings.topic_purchased_item]
 
 
-def admin_client(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
-
-
 def ensure_topics(settings: Settings, topics: list[str] | None = None) -> list[str]:
     """Create the lab's topics when missing; report each one's partition count."""
-    admin = admin_client(settings)
+    admin = kafka_admin(settings)
     wanted = topics or lab_topics(settings)
     existing = admin.list_topics(timeout=15).topics
     missing = [name for name in wanted if name not in existing]
@@ -60,7 +57,7 @@ def ensure_topics(settings: Settings, topics: list[str] | None = None) -> list[s
 def topic_id(settings: Settings, topic: str, timeout: float = 15) -> str:
     """The id Kafka gave `topic` when it was created: a re-created topic has a new one."""
     # The client must outlive the future: a collected client cancels it (`_DESTROY`).
-    admin = admin_client(settings)
+    admin = kafka_admin(settings)
     future = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)[topic]
     return str(future.result().topic_id)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from psycopg2 import sql
 
-from app.analysis.repeat_store import connect, ensure_schema
+from app.analysis.repeat_store import ensure_schema
+from app.core.clients import postgres_connection
 from app.core.config import Settings
 from app.core.kafka import ensure_topics
 from app.lake.storage import ensure_bucket
@@ -12,7 +13,7 @@ from app.pipeline.store import EventStore
 
 
 def ensure_databases(settings: Settings) -> list[str]:
-    conn = connect(settings, "postgres")
+    conn = postgres_connection(settings, "postgres")
     conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
     lines = []
     try:
@@ -32,9 +33,10 @@ def ensure_databases(settings: Settings) -> list[str]:
 def bootstrap(settings: Settings) -> list[str]:
     lines = ensure_topics(settings)
     lines.append(ensure_bucket(settings))
-    lines += EventStore.connect(settings).ensure_indexes()
+    with EventStore.open(settings) as store:
+        lines += store.ensure_indexes()
     lines += ensure_databases(settings)
-    conn = connect(settings)
+    conn = postgres_connection(settings)
     try:
         lines.append(ensure_schema(conn, settings))
     finally:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from pyspark.sql.streaming.query import StreamingQuery
 
+from app.core.clients import s3_filesystem
 from app.core.config import Settings
-from app.lake.storage import s3_filesystem
 
 Log = Callable[[str], None]
 PROBE_TIMEOUT_SECONDS = 3.0

@@ -6,33 +6,13 @@ may be on local disk); `location` turns either into an fsspec filesystem and a p
 
 from __future__ import annotations
 
-import s3fs
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
+from app.core.clients import s3_filesystem
 from app.core.config import Settings
 
 S3_SCHEMES = ("s3a://", "s3://")
-
-
-def s3_filesystem(settings: Settings, *, timeout: float | None = None) -> s3fs.S3FileSystem:
-    """An s3fs client; `timeout` (seconds) bounds each request and turns off retries, for the
-    calls that must give up quickly while S3 is away (the writer lease)."""
-    config: dict[str, object] = {"s3": {"addressing_style": "path"}}
-    if timeout is not None:
-        config |= {
-            "connect_timeout": timeout,
-            "read_timeout": timeout,
-            "retries": {"max_attempts": 1, "mode": "standard"},
-        }
-    return s3fs.S3FileSystem(
-        key=settings.s3_access_key,
-        secret=settings.s3_secret_key,
-        endpoint_url=settings.s3_endpoint_url,
-        client_kwargs={"region_name": settings.s3_region},
-        config_kwargs=config,
-        use_listings_cache=False,
-    )
 
 
 def ensure_bucket(settings: Settings) -> str:

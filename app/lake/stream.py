@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming.query import StreamingQuery
 
+from app.core.clients import s3_filesystem
 from app.core.config import Settings
 from app.core.errors import LabError
 from app.core.kafka import ensure_topics
@@ -36,7 +37,6 @@ from app.lake.failures import (
 from app.lake.queries import sinks, start_queries, stop_queries
 from app.lake.sink_log import SINK_LOG, disagreement, remove_orphans
 from app.lake.spark import build_spark_session
-from app.lake.storage import s3_filesystem
 from app.lake.writer_lock import LeaseUnreachable, WriterLock, writer_lock
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

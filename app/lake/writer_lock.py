@@ -28,9 +28,10 @@ from typing import IO, Any, Protocol
 
 import psutil  # type: ignore[import-untyped]  # no stubs installed
 
+from app.core.clients import s3_filesystem
 from app.core.config import Settings
 from app.core.errors import LabError
-from app.lake.storage import is_s3, join_url, location, s3_filesystem
+from app.lake.storage import is_s3, join_url, location
 
 LEASE_NAME = "writer.lease"
 LOCK_NAME = "job.lock"

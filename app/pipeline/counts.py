@@ -28,8 +28,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from app.core.clients import Document, mongo_client
 from app.core.config import Settings
-from app.pipeline.store import Document, EventStore, mongo_client
+from app.pipeline.store import EventStore
 
 log = logging.getLogger(__name__)
 

@@ -47,10 +47,11 @@ from kafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
+from app.core.clients import Document, mongo_client
 from app.core.config import Settings
 from app.core.errors import LabError
 from app.core.kafka import topic_id as current_topic_id
-from app.pipeline.store import Document, EventStore, mongo_client
+from app.pipeline.store import EventStore
 from app.schemas import UserEvent, parse_json_object
 
 log = logging.getLogger(__name__)

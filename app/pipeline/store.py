@@ -7,33 +7,22 @@ equality and for nothing else, not even `$in`) stay here and the logic reads as 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
 
 from pymongo import ASCENDING, MongoClient, UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
+from app.core.clients import Document, mongo
 from app.core.config import Settings
-
-Document = dict[str, Any]
 
 DUPLICATE_KEY = 11000
 # Updates per `update` command. Unpatched FerretDB 1.24 holds a connection per matched statement
 # until the command ends, and hangs once its pool (100) is exhausted; see infra/ferretdb/build.sh.
 UPDATES_PER_COMMAND = 50
-
-
-def mongo_client(settings: Settings, timeout_ms: int = 5000) -> MongoClient[Document]:
-    return MongoClient(
-        settings.mongo_url,
-        serverSelectionTimeoutMS=timeout_ms,
-        connectTimeoutMS=timeout_ms,
-        socketTimeoutMS=max(timeout_ms * 6, 30000),
-        tz_aware=True,
-    )
 
 
 class EventStore:
@@ -47,9 +36,16 @@ class EventStore:
         self.drain_state: Collection[Document] = database[settings.mongo_drain_state_collection]
 
     @classmethod
-    def connect(cls, settings: Settings, client: MongoClient[Document] | None = None) -> EventStore:
-        client = client or mongo_client(settings)
+    def connect(cls, settings: Settings, client: MongoClient[Document]) -> EventStore:
+        """The store on `client`, which the caller keeps and closes."""
         return cls(client[settings.mongo_database], settings)
+
+    @classmethod
+    @contextmanager
+    def open(cls, settings: Settings) -> Iterator[EventStore]:
+        """The store on a client of its own, closed when the block ends."""
+        with mongo(settings) as client:
+            yield cls.connect(settings, client)
 
     def ensure_indexes(self) -> list[str]:
         # Counts are read and written by `_id` only; this index serves people's queries by user.

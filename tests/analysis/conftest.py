@@ -10,10 +10,9 @@ from psycopg2 import sql
 from pyspark.sql import DataFrame, SparkSession
 
 from app.analysis.purchases import dedupe_orders, read_purchases, tune_for_analysis
-from app.analysis.repeat_store import connect
+from app.core.clients import postgres_connection, s3_filesystem
 from app.core.config import Settings, get_settings
 from app.lake.spark import build_spark_session
-from app.lake.storage import s3_filesystem
 from tests.analysis.dataset import lake_rows, write_lake
 
 
@@ -45,7 +44,7 @@ def discard(settings: Settings) -> None:
     fs = s3_filesystem(settings)
     if fs.exists(f"{settings.s3_bucket}/{scope}"):
         fs.rm(f"{settings.s3_bucket}/{scope}", recursive=True)
-    conn = connect(settings)
+    conn = postgres_connection(settings)
     try:
         with conn.cursor() as cur:
             table = sql.Identifier(settings.repeat_purchases_table)

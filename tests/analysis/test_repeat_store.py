@@ -15,7 +15,8 @@ import pytest
 from psycopg2 import sql
 
 from app.analysis.purchases import top_repurchased_products, top_repurchased_products_query
-from app.analysis.repeat_store import COLUMNS, connect, replace_repeat_purchases
+from app.analysis.repeat_store import COLUMNS, replace_repeat_purchases
+from app.core.clients import postgres_connection
 from app.core.config import Settings
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
@@ -30,7 +31,7 @@ def _rows(count: int, tag: str) -> list[tuple[Any, ...]]:
 
 @pytest.fixture
 def conn(scope_settings: Settings) -> Iterator[Any]:
-    connection = connect(scope_settings)
+    connection = postgres_connection(scope_settings)
     yield connection
     connection.close()
 
@@ -94,7 +95,7 @@ def test_concurrent_reader_sees_old_or_new_rows_never_empty_or_half(
     stop = threading.Event()
 
     def poll() -> None:
-        reader = connect(scope_settings)
+        reader = postgres_connection(scope_settings)
         reader.autocommit = True
         try:
             while not stop.is_set():
@@ -120,7 +121,7 @@ def test_snapshot_reader_keeps_its_view(conn: Any, scope_settings: Settings) -> 
     """A REPEATABLE READ reader whose snapshot predates a replacement still sees the old rows
     (after TRUNCATE it would see an empty table: TRUNCATE is not MVCC-safe)."""
     replace_repeat_purchases(conn, scope_settings, _rows(5, "old"))
-    reader = connect(scope_settings)
+    reader = postgres_connection(scope_settings)
     try:
         reader.set_session(isolation_level="REPEATABLE READ")
         with reader.cursor() as cur:
@@ -140,7 +141,7 @@ def test_two_writers_at_once_both_finish_and_one_wins_whole(
     errors: list[BaseException] = []
 
     def write(rows: list[tuple[Any, ...]]) -> None:
-        writer = connect(scope_settings)
+        writer = postgres_connection(scope_settings)
         try:
             replace_repeat_purchases(writer, scope_settings, rows)
         except BaseException as exc:

@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 from psycopg2 import sql
 
-from app.analysis.repeat_store import COLUMNS, connect
+from app.analysis.repeat_store import COLUMNS
+from app.core.clients import postgres_connection, s3_filesystem
 from app.core.config import ROOT, Settings
-from app.lake.storage import s3_filesystem
 from tests.analysis.conftest import discard
 from tests.analysis.dataset import (
     NOW,
@@ -90,7 +90,7 @@ def test_analyze_end_to_end(scope_settings: Settings, tmp_path: Path) -> None:
     assert "ORDER BY repeat_customers DESC" in _outputs(two)
 
     expected = reference_repeat_purchases(reference_orders(lake_rows()))
-    conn = connect(scope_settings)
+    conn = postgres_connection(scope_settings)
     try:
         with conn.cursor() as cur:
             cur.execute(

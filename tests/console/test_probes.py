@@ -27,8 +27,8 @@ from app.console.probes import (
 )
 from app.console.sampler import Probe, Sampler
 from app.console.spark import spark_reading, stream_job_running
+from app.core.clients import s3_filesystem
 from app.core.config import Settings
-from app.lake.storage import s3_filesystem
 from tests.support import free_port
 
 

@@ -9,9 +9,8 @@ from typing import Any
 import pytest
 
 from app.airflow_runner import airflow_environment, dags_test
-from app.analysis.repeat_store import connect
+from app.core.clients import postgres_connection
 from app.core.config import ROOT, Settings, get_settings
-from app.pipeline.store import EventStore
 from tests.pipeline.helpers import (
     committed_offsets,
     expected_counts,
@@ -20,6 +19,7 @@ from tests.pipeline.helpers import (
     produce,
     stored_counts,
 )
+from tests.support import event_store
 
 
 @pytest.fixture(scope="module")
@@ -78,13 +78,13 @@ def test_airflow_dags_test_leaves_exact_results(lab_services: Settings) -> None:
         run = dags_test(settings)
 
         assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
-        store = EventStore.connect(settings)
+        store = event_store(settings)
         assert store.events.count_documents({}) == 700
         assert store.quarantine.count_documents({}) == 2
         assert stored_counts(settings) == expected_counts(events)
         assert sum(committed_offsets(settings).values()) == 702
         # Airflow kept its metadata in PostgreSQL, not in the SQLite fallback.
-        conn = connect(settings, settings.postgres_airflow_database)
+        conn = postgres_connection(settings, settings.postgres_airflow_database)
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT count(*) FROM dag_run WHERE dag_id = %s", (settings.dag_id,))

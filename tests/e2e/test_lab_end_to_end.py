@@ -26,12 +26,10 @@ import pandas as pd
 import pytest
 from psycopg2 import sql
 
-from app.analysis.repeat_store import connect
+from app.core.clients import postgres_connection, s3_filesystem
 from app.core.config import ROOT, Settings
 from app.lake.sink_log import committed_files
-from app.lake.storage import s3_filesystem
-from app.pipeline.store import EventStore
-from tests.support import make_isolated_settings, remove_isolated
+from tests.support import event_store, make_isolated_settings, remove_isolated
 
 pytestmark = pytest.mark.slow
 
@@ -176,7 +174,7 @@ def _event_identity(event: dict[str, Any]) -> tuple[str, ...]:
 
 
 def _assert_mongo_exact(settings: Settings, events: list[dict[str, Any]]) -> None:
-    store = EventStore.connect(settings)
+    store = event_store(settings)
     stored = list(store.events.find({}, {"_id": 0}))
     assert Counter(map(_event_identity, stored)) == Counter(map(_event_identity, events))
     expected = Counter((e["UserId"], e["EventName"]) for e in events)
@@ -229,7 +227,7 @@ def _assert_repeat_purchases_exact(settings: Settings, orders: list[dict[str, An
         (user, product): (int(row.order_count), int(row.total_quantity))
         for (user, product), row in grouped[grouped.order_count > 1].iterrows()
     }
-    conn = connect(settings)
+    conn = postgres_connection(settings)
     try:
         with conn.cursor() as cur:
             cur.execute(

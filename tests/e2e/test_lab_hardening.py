@@ -29,14 +29,14 @@ import psutil
 import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from app.core.clients import s3_filesystem
 from app.core.config import ROOT, Settings
 from app.infra.process import running_pid
 from app.infra.services import LocalService, local_services
 from app.lake.sink_log import committed_files
-from app.lake.storage import s3_filesystem
-from app.pipeline.store import EventStore
 from tests.support import (
     SpareKafka,
+    event_store,
     free_port,
     make_isolated_settings,
     remove_isolated,
@@ -124,7 +124,7 @@ def _lake_rows(settings: Settings) -> int:
 
 
 def _stored_events(settings: Settings) -> int:
-    return EventStore.connect(settings).events.count_documents({})
+    return event_store(settings).events.count_documents({})
 
 
 def _lab_settings(base: Settings, tag: str, home: Path) -> Settings:

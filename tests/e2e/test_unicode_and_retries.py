@@ -26,18 +26,19 @@ from app.analysis.purchases import (
     repeat_purchases,
     repeat_rows,
 )
-from app.analysis.repeat_store import connect, ensure_schema, replace_repeat_purchases
+from app.analysis.repeat_store import ensure_schema, replace_repeat_purchases
 from app.api.main import create_app
 from app.api.routes import EVENT_EXAMPLE, PURCHASE_EXAMPLE
+from app.core.clients import mongo_client, postgres_connection
 from app.core.config import Settings, get_settings
 from app.lake.queries import start_queries
 from app.lake.spark import build_spark_session
 from app.pipeline.counts import refresh_event_counts
 from app.pipeline.drain import drain_user_events
-from app.pipeline.store import EventStore, mongo_client
 from app.status import lake_orders
 from tests.analysis.conftest import discard
 from tests.lake.helpers import arrow_orders
+from tests.support import event_store
 
 USERS = [
     "ayşe.yılmaz+alışveriş@örnek.com.tr",
@@ -126,7 +127,7 @@ def test_ids_in_any_script_retries_and_conflicts_through_every_hop(
     drained = drain_user_events(settings)
     refresh_event_counts(settings)
     assert (drained.stored, drained.duplicates) == (len(events), 5)
-    store = EventStore.connect(settings)
+    store = event_store(settings)
     assert sorted(d["UserId"] for d in store.events.find()) == sorted(e["UserId"] for e in events)
     counts = {(d["UserId"], d["EventName"]): d["EventCount"] for d in store.counts.find()}
     assert counts == dict(Counter((e["UserId"], e["EventName"]) for e in events))
@@ -149,7 +150,7 @@ def test_ids_in_any_script_retries_and_conflicts_through_every_hop(
     assert "CONFLICT: 1 OrderIds" in conflict and orders[0]["OrderId"] in conflict
 
     pairs = list(repeat_rows(repeat_purchases(kept)))
-    conn = connect(settings)
+    conn = postgres_connection(settings)
     try:
         ensure_schema(conn, settings)
         replace_repeat_purchases(conn, settings, pairs)

@@ -9,7 +9,7 @@ import psycopg2
 import pytest
 
 from app.airflow_runner import airflow_home, write_passwords_file
-from app.analysis.repeat_store import connect
+from app.core.clients import postgres_connection
 from app.core.config import Settings
 from app.infra.cli import resolve_mode
 from app.infra.services import Postgres, local_services
@@ -21,7 +21,7 @@ def _mode(path: Path) -> int:
 
 def test_postgres_asks_every_connection_for_its_password(lab_services: Settings) -> None:
     """The rules the server loaded (both modes): SCRAM or peer, never trust or plain text."""
-    conn = connect(lab_services, "postgres")
+    conn = postgres_connection(lab_services, "postgres")
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT type, auth_method, error FROM pg_hba_file_rules")

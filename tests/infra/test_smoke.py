@@ -9,10 +9,8 @@ from confluent_kafka import Consumer, Producer
 from kafka import KafkaConsumer, KafkaProducer
 from pymongo import UpdateOne
 
-from app.analysis.repeat_store import connect
+from app.core.clients import mongo_client, postgres_connection, s3_filesystem
 from app.core.config import Settings
-from app.lake.storage import s3_filesystem
-from app.pipeline.store import mongo_client
 
 
 def test_kafka_round_trip_on_both_topics(isolated_settings: Settings) -> None:
@@ -91,7 +89,7 @@ def test_s3_put_list_get_delete(isolated_settings: Settings) -> None:
 
 
 def test_postgres_insert_select(isolated_settings: Settings) -> None:
-    conn = connect(isolated_settings)
+    conn = postgres_connection(isolated_settings)
     try:
         with conn.cursor() as cur:
             cur.execute("CREATE TEMP TABLE smoke (id int, name text)")
@@ -110,7 +108,7 @@ def test_postgres_insert_select(isolated_settings: Settings) -> None:
 def test_postgres_refuses_a_wrong_password(isolated_settings: Settings) -> None:
     wrong = isolated_settings.model_copy(update={"postgres_password": "not-the-password"})
     try:
-        connect(wrong).close()
+        postgres_connection(wrong).close()
     except psycopg2.OperationalError as exc:
         assert "password authentication failed" in str(exc)
     else:

@@ -16,10 +16,10 @@ from confluent_kafka import Producer
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from app.core.clients import s3_filesystem
 from app.core.config import ROOT, Settings
 from app.lake.schema import PURCHASE_STRUCT
 from app.lake.sink_log import committed_files
-from app.lake.storage import s3_filesystem
 from app.schemas import PaymentType, Purchase, PurchasedProduct, format_timestamp, order_total
 
 ORDER_FIELDS = [field.name for field in PURCHASE_STRUCT.fields]

@@ -11,11 +11,12 @@ import time
 import pytest
 from pyspark.sql import SparkSession
 
+from app.core.clients import s3_filesystem
 from app.core.config import ROOT, Settings
 from app.core.errors import LabError
 from app.lake.queries import sinks, start_queries
 from app.lake.sink_log import LogState
-from app.lake.storage import join_url, location, s3_filesystem
+from app.lake.storage import join_url, location
 from app.lake.stream import prepare_sinks
 from app.lake.writer_lock import LEASE_NAME, LeaseLost, writer_lock
 from tests.lake.helpers import job_environment, make_orders, produce_orders, run_job

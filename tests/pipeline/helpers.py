@@ -15,9 +15,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from app.core.config import ROOT, Settings
 from app.core.kafka import ensure_topics
-from app.pipeline.store import EventStore
 from app.schemas import EventAttributes, EventName, UserEvent
-from tests.support import make_isolated_settings, remove_isolated
+from tests.support import event_store, make_isolated_settings, remove_isolated
 
 Pair = tuple[str, str]
 
@@ -61,7 +60,7 @@ def produce_events(settings: Settings, events: Iterable[UserEvent]) -> None:
 
 
 def stored_counts(settings: Settings) -> dict[Pair, int]:
-    store = EventStore.connect(settings)
+    store = event_store(settings)
     return {(d["UserId"], d["EventName"]): d["EventCount"] for d in store.counts.find()}
 
 
@@ -103,7 +102,7 @@ def pipeline_settings(base: Settings, **changes: object) -> Iterator[Settings]:
     bootstrapped for the pipeline; all of them are removed afterwards."""
     settings = make_isolated_settings(base).model_copy(update=changes)
     ensure_topics(settings, [settings.topic_user_events])
-    EventStore.connect(settings).ensure_indexes()
+    event_store(settings).ensure_indexes()
     try:
         yield settings
     finally:

@@ -11,7 +11,6 @@ from typing import Any
 from app.core.config import Settings
 from app.pipeline.counts import apply_batches, pair_key, refresh_event_counts
 from app.pipeline.drain import drain_user_events
-from app.pipeline.store import EventStore
 from tests.pipeline.helpers import (
     expected_counts,
     make_events,
@@ -20,6 +19,7 @@ from tests.pipeline.helpers import (
     run_child,
     stored_counts,
 )
+from tests.support import event_store
 
 
 def batch(partition: int, *pairs: tuple[str, str, list[int]]) -> dict[str, Any]:
@@ -133,7 +133,7 @@ def test_several_drains_before_one_refresh_in_small_chunks(lab_services: Setting
 
         assert summary.events_counted == 900
         assert stored_counts(settings) == expected_counts(events)
-        assert EventStore.connect(settings).pending.count_documents({}) == 0
+        assert event_store(settings).pending.count_documents({}) == 0
 
 
 def test_refresh_killed_half_way_is_completed_by_the_next_one(lab_services: Settings) -> None:
@@ -169,4 +169,4 @@ def test_refresh_killed_half_way_is_completed_by_the_next_one(lab_services: Sett
 
         assert 0 < summary.events_counted < 600  # only what the killed refresh had not written
         assert stored_counts(settings) == expected_counts(first + second)
-        assert EventStore.connect(settings).pending.count_documents({}) == 0
+        assert event_store(settings).pending.count_documents({}) == 0

@@ -29,7 +29,6 @@ from app.pipeline.drain import (
     pending_batches,
     prepare_batch,
 )
-from app.pipeline.store import EventStore
 from tests.pipeline.helpers import (
     commit_offsets,
     committed_offsets,
@@ -41,7 +40,7 @@ from tests.pipeline.helpers import (
     run_child,
     stored_counts,
 )
-from tests.support import spare_kafka
+from tests.support import event_store, spare_kafka
 
 KAFKA_TIME = 1795822621496  # ms since the epoch
 
@@ -184,7 +183,7 @@ def test_drain_stores_every_waiting_event_once(lab_services: Settings) -> None:
         assert (summary.consumed, summary.stored, summary.already_stored) == (1500, 1500, 0)
         assert summary.stopped == "caught up" and summary.left == 0
         assert summary.batches >= 4  # batches of at most 400
-        store = EventStore.connect(settings)
+        store = event_store(settings)
         assert store.events.count_documents({}) == 1500
         assert sum(committed_offsets(settings).values()) == 1500
         refresh_event_counts(settings)
@@ -203,7 +202,7 @@ def test_poison_messages_are_quarantined_and_the_rest_stored(lab_services: Setti
         summary = drain_user_events(settings)
 
         assert (summary.consumed, summary.stored, summary.quarantined) == (305, 300, 5)
-        store = EventStore.connect(settings)
+        store = event_store(settings)
         quarantined = list(store.quarantine.find())
         assert len(quarantined) == 5
         assert all(document["Reason"] for document in quarantined)
@@ -227,7 +226,7 @@ def test_empty_topic_succeeds_and_changes_nothing(lab_services: Settings) -> Non
 
         assert (summary.consumed, summary.stopped) == (0, "caught up")
         assert counts.events_counted == 0 and counts.pairs_written == 0
-        store = EventStore.connect(settings)
+        store = event_store(settings)
         for collection in (store.events, store.quarantine, store.counts, store.pending):
             assert collection.count_documents({}) == 0
 
@@ -263,7 +262,7 @@ def test_drain_ends_while_a_producer_keeps_writing(lab_services: Settings) -> No
         assert summary.consumed + rest.consumed == sent
         refresh_event_counts(settings)
         assert stored_counts(settings) == expected_counts(events[:sent])
-        assert EventStore.connect(settings).events.count_documents({}) == sent
+        assert event_store(settings).events.count_documents({}) == sent
 
 
 def test_record_cap_leaves_the_rest_for_the_next_runs(lab_services: Settings) -> None:
@@ -294,7 +293,7 @@ def test_crash_between_insert_and_commit_then_rerun(lab_services: Settings) -> N
             "drain_user_events(get_settings())",
         )
         assert crashed.returncode == 3, crashed.stderr
-        store = EventStore.connect(settings)
+        store = event_store(settings)
         stored_before_crash = store.events.count_documents({})
         assert stored_before_crash > 0
         assert committed_offsets(settings) == {}
@@ -344,7 +343,7 @@ def test_mongo_down_during_a_run_fails_clearly_and_loses_nothing(
         assert after.consumed == 2000 - first_batch
         assert after.stopped == "caught up"
         refresh_event_counts(settings)
-        assert EventStore.connect(settings).events.count_documents({}) == 2000
+        assert event_store(settings).events.count_documents({}) == 2000
         assert stored_counts(settings) == expected_counts(events)
 
 
@@ -378,7 +377,7 @@ def test_an_event_delivered_twice_is_stored_and_counted_once(lab_services: Setti
 
         assert (first.stored, first.duplicates) == (300, 10)
         assert (second.stored, second.duplicates) == (0, 40)
-        store = EventStore.connect(settings)
+        store = event_store(settings)
         assert store.events.count_documents({}) == 300
         assert stored_counts(settings) == expected_counts(events)
         # The document keeps where the event first landed in Kafka.
@@ -405,7 +404,7 @@ def test_retried_event_read_again_after_a_crash_is_still_counted_once(
 
         assert rerun.stored + rerun.already_stored + rerun.duplicates == 550
         assert rerun.duplicates == 50
-        assert EventStore.connect(settings).events.count_documents({}) == 500
+        assert event_store(settings).events.count_documents({}) == 500
         assert stored_counts(settings) == expected_counts(events)
 
 
@@ -443,7 +442,7 @@ def test_a_recreated_topic_is_read_from_its_start_and_its_events_counted(
 
         assert "re-created" in caplog.text
         assert (after.consumed, after.stored, after.duplicates) == (200, 200, 0)
-        assert EventStore.connect(settings).events.count_documents({}) == 600
+        assert event_store(settings).events.count_documents({}) == 600
         assert stored_counts(settings) == expected_counts(events)
         # The next run trusts the new topic's committed offsets again.
         assert drain_user_events(settings).resets == 0

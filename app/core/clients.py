@@ -1,0 +1,74 @@
+"""Every client of the lab's four services, built in one place from the settings.
+
+Kafka's admin client, MongoDB, S3 (s3fs) and PostgreSQL. The context managers close what they
+open; code that keeps a client for a process's life (the API's producer, the console's probes)
+uses the plain builders and closes it at shutdown. Clients with a job's own configuration (the
+API's producer, the drain's consumer) are built next to that job from the same settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg2
+import s3fs
+from confluent_kafka.admin import AdminClient
+from pymongo import MongoClient
+
+from app.core.config import Settings
+
+Document = dict[str, Any]
+
+
+def kafka_admin(settings: Settings) -> AdminClient:
+    """Kafka's admin client (confluent-kafka). Keep it referenced while its futures run: a
+    collected client cancels them (`_DESTROY`)."""
+    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+
+
+def mongo_client(settings: Settings, timeout_ms: int = 5000) -> MongoClient[Document]:
+    return MongoClient(
+        settings.mongo_url,
+        serverSelectionTimeoutMS=timeout_ms,
+        connectTimeoutMS=timeout_ms,
+        socketTimeoutMS=max(timeout_ms * 6, 30000),
+        tz_aware=True,
+    )
+
+
+@contextmanager
+def mongo(settings: Settings, timeout_ms: int = 5000) -> Iterator[MongoClient[Document]]:
+    """A MongoDB client, closed when the block ends."""
+    client = mongo_client(settings, timeout_ms)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def s3_filesystem(settings: Settings, *, timeout: float | None = None) -> s3fs.S3FileSystem:
+    """An s3fs client; `timeout` (seconds) bounds each request and turns off retries, for the
+    calls that must give up quickly while S3 is away (the writer lease)."""
+    config: dict[str, object] = {"s3": {"addressing_style": "path"}}
+    if timeout is not None:
+        config |= {
+            "connect_timeout": timeout,
+            "read_timeout": timeout,
+            "retries": {"max_attempts": 1, "mode": "standard"},
+        }
+    return s3fs.S3FileSystem(
+        key=settings.s3_access_key,
+        secret=settings.s3_secret_key,
+        endpoint_url=settings.s3_endpoint_url,
+        client_kwargs={"region_name": settings.s3_region},
+        config_kwargs=config,
+        use_listings_cache=False,
+    )
+
+
+def postgres_connection(settings: Settings, database: str | None = None) -> Any:
+    """A psycopg2 connection to the analytics database (or another on the same server). Use it
+    as `with closing(...)` or close it; `with conn:` alone only ends the transaction."""
+    return psycopg2.connect(settings.postgres_dsn(database), connect_timeout=5)
