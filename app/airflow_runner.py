@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from app.core.config import ROOT, Settings, get_settings
-from app.infra.process import private_dir
+from app.core.process import private_dir
 
 HOST = "127.0.0.1"
 # What `airflow standalone` runs, without the log servers (see the module docstring).

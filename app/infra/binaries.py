@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.infra.process import run
-from app.infra.services import _tool
+from app.core.process import run
+from app.infra.service import tool
 
 GO_HINT = "Install Go 1.25+ (e.g. `sudo apt-get install -y golang`), or put the server on PATH."
 
@@ -20,7 +20,7 @@ def go_build(source_dir: Path, output: Path, package: str, *, what: str, log: Pa
     """`go build` `package` from the module in `source_dir` unless `output` is up to date."""
     if is_up_to_date(output, source_dir):
         return output
-    go = _tool("go", GO_HINT)
+    go = tool("go", GO_HINT)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_suffix(".partial")
     run(

@@ -11,7 +11,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.infra.process import InfraError, run
+from app.core.process import InfraError, run
 
 PACKAGES = ("chromium", "chromium-driver")
 INSTALL_HINT = "`sudo apt-get install -y chromium chromium-driver`"

@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from app.core.config import ROOT, Settings, get_settings
-from app.infra.process import InfraError, port_open, run
-from app.infra.services import HOST, local_services
+from app.core.process import InfraError, port_open, run
+from app.infra.service import HOST
+from app.infra.services import local_services
 
 COMPOSE_FILE = ROOT / "infra" / "compose.yml"
 

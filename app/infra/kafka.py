@@ -8,8 +8,8 @@ import uuid
 from pathlib import Path
 
 from app.core.config import ROOT
-from app.infra.process import InfraError, port_open, run
-from app.infra.services import HOST, Launch, LocalService, _tool
+from app.core.process import InfraError, port_open, run
+from app.infra.service import HOST, Launch, LocalService, tool
 
 KAFKA_DIR = ROOT / "infra" / "kafka"
 
@@ -41,13 +41,11 @@ class Kafka(LocalService):
         return self.home / "kafka" / "server.properties"
 
     def install(self) -> None:
-        _tool("java", "Install a JDK 17+ (e.g. `sudo apt-get install -y openjdk-17-jdk-headless`).")
+        tool("java", "Install a JDK 17+ (e.g. `sudo apt-get install -y openjdk-17-jdk-headless`).")
         done = self.lib_dir / ".complete"
         if done.exists():
             return
-        mvn = _tool(
-            "mvn", "Install Maven (e.g. `sudo apt-get install -y maven`); it fetches Kafka."
-        )
+        mvn = tool("mvn", "Install Maven (e.g. `sudo apt-get install -y maven`); it fetches Kafka.")
         run(
             [
                 mvn,

@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 
 from app.core.config import ROOT
+from app.core.process import run
 from app.infra.binaries import GO_HINT, is_up_to_date
-from app.infra.process import run
-from app.infra.services import HOST, Launch, LocalService, _tool
+from app.infra.service import HOST, Launch, LocalService, tool
 
 FERRETDB_DIR = ROOT / "infra" / "ferretdb"
 
@@ -40,7 +40,7 @@ class Mongo(LocalService):
     def install(self) -> None:
         if self.mongod or is_up_to_date(self.ferretdb_binary, FERRETDB_DIR):
             return
-        _tool("go", GO_HINT)
+        tool("go", GO_HINT)
         run(
             ["bash", str(FERRETDB_DIR / "build.sh"), str(self.ferretdb_binary)],
             what="building FerretDB with Go (first time: a few minutes)",

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.core.config import ROOT, Settings, get_settings
-from app.infra.process import InfraError, run
+from app.core.process import InfraError, run
 
 POM = ROOT / "spark" / "jars" / "pom.xml"
 CONNECTORS = ("kafka", "s3a")

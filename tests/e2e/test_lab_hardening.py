@@ -31,8 +31,9 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from app.core.clients import s3_filesystem
 from app.core.config import ROOT, Settings
-from app.infra.process import running_pid
-from app.infra.services import LocalService, local_services
+from app.core.process import running_pid
+from app.infra.service import LocalService
+from app.infra.services import local_services
 from app.lake.sink_log import committed_files
 from tests.support import (
     SpareKafka,

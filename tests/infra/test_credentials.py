@@ -12,7 +12,8 @@ from app.airflow_runner import airflow_home, write_passwords_file
 from app.core.clients import postgres_connection
 from app.core.config import Settings
 from app.infra.cli import resolve_mode
-from app.infra.services import Postgres, local_services
+from app.infra.postgres import Postgres
+from app.infra.services import local_services
 
 
 def _mode(path: Path) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psutil
 
-from app.infra.process import ProcessFiles, running_pid, start_process, stop_process
+from app.core.process import ProcessFiles, running_pid, start_process, stop_process
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
 
