@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import operator
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,6 +31,7 @@ from pydantic.fields import FieldInfo
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
+from app.lake.schema import model_fields
 from app.schemas import Purchase
 
 # The contract's date-time: ISO 8601 text with a zone (see `app.schemas.Timestamp`).
@@ -92,14 +92,6 @@ def _constraint_rule(item: Any, name: str, where: str, *, is_list: bool) -> Rule
     raise TypeError(f"no Spark rule for the constraint {item!r} on {where}")
 
 
-def _item_model(annotation: Any) -> type[BaseModel] | None:
-    if typing.get_origin(annotation) is list:
-        (inner,) = typing.get_args(annotation)
-        if isinstance(inner, type) and issubclass(inner, BaseModel):
-            return inner
-    return None
-
-
 @dataclass(frozen=True)
 class RecordRules:
     """The field rules of a record model, as Spark expressions on its parsed struct."""
@@ -155,12 +147,11 @@ def _value_rules(field: FieldInfo, name: str, where: str, *, is_list: bool) -> l
 
 def record_rules(model: type[BaseModel], prefix: str = "") -> RecordRules:
     fields = []
-    for attribute, field in model.model_fields.items():
-        name = field.alias or attribute
-        where = f"{prefix}{name}"
-        item_model = _item_model(field.annotation)
-        items = record_rules(item_model, f"{where}[].") if item_model else None
-        fields.append((name, _value_rules(field, name, where, is_list=bool(item_model)), items))
+    for field in model_fields(model):
+        where = f"{prefix}{field.name}"
+        items = record_rules(field.item_model, f"{where}[].") if field.item_model else None
+        own = _value_rules(field.info, field.name, where, is_list=bool(field.item_model))
+        fields.append((field.name, own, items))
     return RecordRules(fields)
 
 

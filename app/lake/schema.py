@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import types
 import typing
+from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 from pyspark.sql.types import (
     ArrayType,
     DataType,
@@ -62,12 +64,39 @@ def _spark_type(annotation: Any) -> DataType:
     raise TypeError(f"no Spark type for {annotation!r}")
 
 
+@dataclass(frozen=True)
+class ModelField:
+    """A field of a record model as the lake sees it. The Spark schema (`model_struct`) and the
+    stream's checks (`app.lake.rules`) both walk the models through `model_fields`."""
+
+    name: str  # the wire name (the alias)
+    info: FieldInfo
+    # The record model of its items, when the field is a list of records (`Products`).
+    item_model: type[BaseModel] | None
+
+
+def _item_model(annotation: Any) -> type[BaseModel] | None:
+    if typing.get_origin(annotation) is list:
+        (inner,) = typing.get_args(annotation)
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            return inner
+    return None
+
+
+def model_fields(model: type[BaseModel]) -> list[ModelField]:
+    """The fields of a record model in model order, under their wire names."""
+    return [
+        ModelField(info.alias or attribute, info, _item_model(info.annotation))
+        for attribute, info in model.model_fields.items()
+    ]
+
+
 def model_struct(model: type[BaseModel]) -> StructType:
     """Spark struct of a record model, with the wire (alias) field names, in model order."""
     return StructType(
         [
-            StructField(field.alias or name, _spark_type(field.annotation), nullable=False)
-            for name, field in model.model_fields.items()
+            StructField(field.name, _spark_type(field.info.annotation), nullable=False)
+            for field in model_fields(model)
         ]
     )
 
