@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import atexit
 import functools
+import os
 import shutil
+import signal
 import socket
+import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
-from app.core.config import Settings
+from app.core.config import ROOT, Settings
 from app.core.kafka import ensure_topics
 from app.infra.kafka import Kafka
 from app.pipeline.store import EventStore
@@ -181,3 +184,25 @@ def event_store(settings: Settings) -> EventStore:
     """The pipeline's store for `settings`, on one client per MongoDB URL for the whole test
     session (closed at exit), so tests do not open a client per look."""
     return EventStore.connect(settings, _mongo_client_for(settings.mongo_url))
+
+
+def start_group(argv: list[str], env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start `argv` from the repository root in a process group of its own (as honcho runs its
+    lines), its output in `log`."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def stop_group(
+    process: subprocess.Popen[bytes], stop_signal: int = signal.SIGTERM, timeout: float = 60
+) -> None:
+    """Send `stop_signal` to the process's group; SIGKILL it if it is not gone in `timeout`."""
+    if process.poll() is None:
+        os.killpg(process.pid, stop_signal)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)

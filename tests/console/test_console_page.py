@@ -8,7 +8,6 @@ command that fixes them, while every other hop shows live figures that move with
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import tempfile
 import time
@@ -24,7 +23,7 @@ from selenium.webdriver.common.by import By
 
 from app.core.config import ROOT, Settings
 from app.infra.browser import ensure_chromium
-from tests.support import free_port
+from tests.support import free_port, start_group, stop_group
 
 HOPS = ["api", "kafka", "airflow", "mongo", "spark", "lake", "postgres"]
 SCREENSHOT = ROOT / "reports" / "console.png"
@@ -32,21 +31,13 @@ PYTHON = str(ROOT / ".venv" / "bin" / "python")
 
 
 def _start(argv: list[str], settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **settings.as_environment(), "PYTHONPATH": str(ROOT)}
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    return start_group(
+        argv, {**os.environ, **settings.as_environment(), "PYTHONPATH": str(ROOT)}, log
+    )
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+    stop_group(process, timeout=20)
 
 
 def _wait_for(check: Callable[[], Any], what: str, timeout: float) -> Any:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -29,7 +28,13 @@ from psycopg2 import sql
 from app.core.clients import postgres_connection, s3_filesystem
 from app.core.config import ROOT, Settings
 from app.lake.sink_log import committed_files
-from tests.support import event_store, make_isolated_settings, remove_isolated
+from tests.support import (
+    event_store,
+    make_isolated_settings,
+    remove_isolated,
+    start_group,
+    stop_group,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -42,20 +47,11 @@ def _free_port() -> int:
 
 
 def _start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    return start_group(argv, env, log)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+    stop_group(process, timeout=60)
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,7 @@ from tests.support import (
     make_isolated_settings,
     remove_isolated,
     spare_kafka,
+    stop_group,
 )
 
 pytestmark = pytest.mark.slow
@@ -183,14 +184,8 @@ def _api_healthy(settings: Settings) -> bool:
 
 
 def _stop_honcho(honcho: subprocess.Popen[bytes]) -> None:
-    """What Ctrl-C in `task up` does; the whole group is killed if that takes over a minute."""
-    if honcho.poll() is None:
-        os.killpg(honcho.pid, signal.SIGINT)
-        try:
-            honcho.wait(90)
-        except subprocess.TimeoutExpired:
-            os.killpg(honcho.pid, signal.SIGKILL)
-            honcho.wait(10)
+    """What Ctrl-C in `task up` does; the whole group is killed if that takes over 90 s."""
+    stop_group(honcho, signal.SIGINT, timeout=90)
 
 
 def _procfile_processes(lab: RunningLab) -> dict[str, psutil.Process]:
