@@ -229,6 +229,9 @@ def pending_batches(
 
 @dataclass
 class Stored:
+    """What storing one batch found: events new to the store, events this same message had
+    stored before (read again after a crash), and events other messages had stored (duplicates)."""
+
     new: int = 0
     read_again: int = 0
     duplicates: int = 0
