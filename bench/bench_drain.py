@@ -160,7 +160,9 @@ def bench_drain(base: Settings, backlog: int) -> None:
         print(f"  c. drain_user_events              {rate(backlog, summary.seconds)}")
         print(f"     = {backlog / summary.seconds / serial:.2f} x the back-to-back baseline")
     finally:
-        kafka_admin(settings).delete_topics([settings.topic_user_events])
+        admin = kafka_admin(settings)  # kept until its deletion is done (`_DESTROY` otherwise)
+        for deleted in admin.delete_topics([settings.topic_user_events]).values():
+            deleted.result()
         client = mongo_client(settings)
         client.drop_database(settings.mongo_database)
         client.drop_database(insert_target.mongo_database)

@@ -395,7 +395,9 @@ def clean_up(settings: Settings) -> None:
     top = f"{settings.s3_bucket}/{settings.s3_purchases_prefix.split('/')[0]}"
     if fs.exists(top):
         fs.rm(top, recursive=True)
-    for deleted in kafka_admin(settings).delete_topics([settings.topic_purchased_item]).values():
+    # The client must outlive its futures: a collected client cancels them (`_DESTROY`).
+    admin = kafka_admin(settings)
+    for deleted in admin.delete_topics([settings.topic_purchased_item]).values():
         deleted.result()
     shutil.rmtree(settings.checkpoint_dir, ignore_errors=True)
 
