@@ -70,7 +70,7 @@ def test_the_default_checkpoint_is_in_the_lake_bucket(lab_services: Settings) ->
         f"s3a://{settings.s3_bucket}/checkpoints/purchased_items",
         f"s3a://{settings.s3_bucket}/checkpoints/purchased_items_quarantine",
     ]
-    assert join_url("/tmp/checkpoints/", "purchased_items") == "/tmp/checkpoints/purchased_items"
+    assert join_url("lab/checkpoints/", "purchased_items") == "lab/checkpoints/purchased_items"
 
 
 @pytest.mark.parametrize(

@@ -281,18 +281,24 @@ def test_record_cap_leaves_the_rest_for_the_next_runs(lab_services: Settings) ->
         assert stored_counts(settings) == expected_counts(events)
 
 
+def drain_crashing_at_first_commit(settings: Settings) -> None:
+    """A drain in its own process that dies, like a killed worker, when it first commits: after
+    storing a batch, before its offsets are committed."""
+    crashed = run_child(
+        settings,
+        "from kafka import KafkaConsumer\n"
+        "KafkaConsumer.commit = lambda self, *args, **kwargs: os._exit(3)",
+        "drain_user_events(get_settings())",
+    )
+    assert crashed.returncode == 3, crashed.stderr
+
+
 def test_crash_between_insert_and_commit_then_rerun(lab_services: Settings) -> None:
     events = make_events(1000)
     with pipeline_settings(lab_services) as settings:
         produce_events(settings, events)
 
-        crashed = run_child(
-            settings,
-            "from kafka import KafkaConsumer\n"
-            "KafkaConsumer.commit = lambda self, *args, **kwargs: os._exit(3)",
-            "drain_user_events(get_settings())",
-        )
-        assert crashed.returncode == 3, crashed.stderr
+        drain_crashing_at_first_commit(settings)
         store = event_store(settings)
         stored_before_crash = store.events.count_documents({})
         assert stored_before_crash > 0
@@ -391,13 +397,7 @@ def test_retried_event_read_again_after_a_crash_is_still_counted_once(
     events = make_events(500)
     with pipeline_settings(lab_services) as settings:
         produce_events(settings, [*events, *events[:50]])
-        crashed = run_child(
-            settings,
-            "from kafka import KafkaConsumer\n"
-            "KafkaConsumer.commit = lambda self, *args, **kwargs: os._exit(3)",
-            "drain_user_events(get_settings())",
-        )
-        assert crashed.returncode == 3, crashed.stderr
+        drain_crashing_at_first_commit(settings)
 
         rerun = drain_user_events(settings)
         refresh_event_counts(settings)
