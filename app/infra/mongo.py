@@ -2,7 +2,12 @@
 
 FerretDB speaks the MongoDB wire protocol and keeps its data in SQLite files under the lab home.
 It is built from the Go module proxy by infra/ferretdb/build.sh: a small wrapper (main.go) plus
-three build-time fixes of upstream bugs that the pipeline would hit (see the script).
+four build-time fixes of upstream shortcomings that the pipeline would hit (see the script).
+
+SQLite runs in WAL mode with `synchronous=NORMAL`: a commit is safe from a crash of FerretDB or of
+any lab process, and only an operating-system crash or power loss can take back the last commits,
+as with mongod's default journal (flushed every 100 ms) and the single Kafka broker (page cache).
+Measured on the lab's counts pattern: an update costs about half of what it costs with `FULL`.
 """
 
 from __future__ import annotations
@@ -37,6 +42,10 @@ class Mongo(LocalService):
     def ferretdb_binary(self) -> Path:
         return self.home / "bin" / "ferretdb-1.24.2-patched"
 
+    @property
+    def sqlite_url(self) -> str:
+        return f"file:{self.data_dir}/?_pragma=synchronous(normal)"
+
     def install(self) -> None:
         if self.mongod or is_up_to_date(self.ferretdb_binary, FERRETDB_DIR):
             return
@@ -59,7 +68,7 @@ class Mongo(LocalService):
                 str(self.ferretdb_binary),
                 f"-listen-addr={HOST}:{self.port}",
                 "-handler=sqlite",
-                f"-sqlite-url={self.data_dir}",
+                f"-sqlite-url={self.sqlite_url}",
                 "-log-level=warn",
             ],
         )

@@ -1,8 +1,9 @@
 """MongoDB collections of the pipeline, their indexes, and the reads and writes the logic needs.
 
 The drain and the counts refresh call these methods instead of issuing queries themselves, so the
-quirks of the local MongoDB stand-in (FerretDB 1.x on SQLite uses an index for a single `_id`
-equality and for nothing else, not even `$in`) stay here and the logic reads as the algorithm.
+quirks of the local MongoDB stand-in (FerretDB 1.x on SQLite uses an index for `_id` equality and,
+with the lab's build patch, for `_id` `$in`, and for nothing else) stay here and the logic reads as
+the algorithm.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ DUPLICATE_KEY = 11000
 # Updates per `update` command. Unpatched FerretDB 1.24 holds a connection per matched statement
 # until the command ends, and hangs once its pool (100) is exhausted; see infra/ferretdb/build.sh.
 UPDATES_PER_COMMAND = 50
+# Ids per `$in` lookup: one query instead of one per id (measured 0.2 against 0.7 ms per stored
+# document on the stand-in, and nothing for ids that are not stored), far below the 30,000 that
+# the stand-in's patch pushes down to its `_id` index.
+IDS_PER_QUERY = 5000
 
 
 class EventStore:
@@ -81,13 +86,13 @@ class EventStore:
     ) -> dict[str, Document]:
         """The stored documents among `ids`, by `_id` (only `fields` when given)."""
         wanted = sorted(set(ids))
-        if not wanted:
-            return {}
         projection = dict.fromkeys(fields, 1) if fields else None
-        # One lookup per id: the stand-in answers `$in` (and even a count) by reading every
-        # document, so the cost would follow the collection instead of the batch.
-        found = (collection.find_one({"_id": key}, projection) for key in wanted)
-        return {document["_id"]: document for document in found if document is not None}
+        found: dict[str, Document] = {}
+        for start in range(0, len(wanted), IDS_PER_QUERY):
+            chunk = wanted[start : start + IDS_PER_QUERY]
+            for document in collection.find({"_id": {"$in": chunk}}, projection):
+                found[document["_id"]] = document
+        return found
 
     def write_counts(self, documents: Sequence[Document], existing: set[str]) -> None:
         """Store counts documents whole: the ones whose `_id` is not in `existing` with one

@@ -7,7 +7,7 @@
 # Needs only Go and the Go module proxy; the result is pure Go (modernc SQLite,
 # no cgo), statically linked.
 #
-# Three upstream bugs in FerretDB v1.24.2 are fixed at build time (Go refuses
+# Four upstream shortcomings in FerretDB v1.24.2 are fixed at build time (Go refuses
 # -overlay for module-cache files, so we build against a patched copy of the
 # module through a temporary go.mod (-modfile) with a replace directive;
 # nothing of FerretDB is committed here):
@@ -27,6 +27,11 @@
 #    ->'$._id' while every _id index is built on ->"_id"; SQLite matches index
 #    expressions by their text, so each _id lookup, per-document UPDATE and
 #    DELETE scanned the whole table (update_many on 10k docs: ~1 min).
+# 4. internal/backends/sqlite/collection.go pushes a filter down to the _id
+#    index only when it is exactly {_id: <string or ObjectID>}: {_id: {$in: [...]}}
+#    and {_id: x, <other conditions>} read every row of the table. The copy
+#    gets idPushdown (id_pushdown.go.in, next to this script), which narrows both
+#    to their _id rows; the handler still applies the whole filter to each row.
 #
 # A plain `go build .` in this directory also works (unpatched upstream code).
 set -euo pipefail
@@ -76,6 +81,14 @@ apply_fix internal/handler/common/aggregations/stages/group.go e599f6be866fed71a
 #    the index), so _id finds, updates and deletes stop scanning the whole table
 apply_fix internal/backends/sqlite/metadata/metadata.go 2a831ed534120b6adf5c819fbfc002894efe54ee03490d8526b977653e73c527 1 \
 	-e "s/^\tIDColumn = DefaultColumn + \"->'\\\$._id'\"\$/\tIDColumn = DefaultColumn + \"->'_id'\" \/\/ eventlab patch: match the _id index/"
+
+# 4. sqlite: push _id equality and _id $in down to the _id index, whatever else
+#    the filter says (queries, updates and deletes all go through Query)
+#    in Query, then in Explain (which then reports the filter as pushed down)
+apply_fix internal/backends/sqlite/collection.go 7b65c249d047b4ec47d1e6833e945ac7d2613ab2ca3032c64ee526311bd04177 2 \
+	-e '0,/^\tif params.Filter.Len() == 1 {$/s//\tif where, pushed, ok := idPushdown(params.Filter); ok { \/\/ eventlab patch\n\t\twhereClause, args = where, pushed\n\t} else if params.Filter.Len() == 1 {/' \
+	-e '0,/^\tif params.Filter.Len() == 1 {$/s//\tif where, pushed, ok := idPushdown(params.Filter); ok { \/\/ eventlab patch\n\t\tfilterPushdown, whereClause, args = true, where, pushed\n\t} else if params.Filter.Len() == 1 {/'
+cp "$here/id_pushdown.go.in" "$srcdir/internal/backends/sqlite/eventlab_id_pushdown.go"
 
 # temporary go.mod/go.sum pair: ours plus the replace directive
 tmp=$(mktemp -d)

@@ -77,6 +77,37 @@ def test_mongo_insert_find_upsert_aggregate(isolated_settings: Settings) -> None
     client.close()
 
 
+def test_mongo_finds_by_id_list_and_by_id_with_conditions_through_the_id_index(
+    isolated_settings: Settings,
+) -> None:
+    """The store reads counts with `_id` `$in` and the lab's FerretDB build answers that (and an
+    `_id` plus other conditions) from the `_id` index: right rows, and no table scan."""
+    client = mongo_client(isolated_settings)
+    database = client[isolated_settings.mongo_database]
+    database["smoke"].insert_many([{"_id": f"k{i}", "n": i} for i in range(20)])
+    filters = {
+        "in": ({"_id": {"$in": ["k3", "k7", "missing"]}}, {"k3", "k7"}),
+        "id and condition": ({"_id": "k4", "n": {"$gt": 3}}, {"k4"}),
+        "id and failing condition": ({"_id": "k4", "n": {"$gt": 4}}, set()),
+        "mixed types": ({"_id": {"$in": ["k1", 1]}}, {"k1"}),
+    }
+    for name, (query, expected) in filters.items():
+        assert {d["_id"] for d in database["smoke"].find(query)} == expected, name
+    plans = {
+        name: database.command("explain", {"find": "smoke", "filter": query})
+        for name, (query, _) in filters.items()
+    }
+    if "filterPushdown" in plans["in"]:  # FerretDB (a real mongod plans differently)
+        for name in ("in", "id and condition"):
+            assert plans[name]["filterPushdown"] is True, name
+            assert "USING INDEX" in str(plans[name]["queryPlanner"]), name
+        assert plans["mixed types"]["filterPushdown"] is False  # not pushed: scanned, still right
+    database["smoke"].delete_many({"_id": {"$in": ["k3", "k7"]}})
+    assert database["smoke"].count_documents({}) == 18
+    client.drop_database(isolated_settings.mongo_database)
+    client.close()
+
+
 def test_s3_put_list_get_delete(isolated_settings: Settings) -> None:
     fs = s3_filesystem(isolated_settings)
     key = f"{isolated_settings.s3_bucket}/{isolated_settings.s3_purchases_prefix}smoke.txt"
