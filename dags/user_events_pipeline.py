@@ -1,5 +1,9 @@
 """Every 2 minutes: drain `UserEvents` from Kafka into MongoDB, then refresh the per-user counts.
 
+The drain is a mapped task: `DRAIN_PARALLELISM` drains (default 1) each read their share of the
+topic's partitions, side by side when the executor has the slots; the counts refresh waits for
+all of them.
+
 Thin on purpose: the logic lives in `app.pipeline.drain` and `app.pipeline.counts`, is tested
 without Airflow, and is imported inside the tasks so parsing this file stays cheap. Names,
 endpoints and limits come from the lab's settings (environment / `.env`).
@@ -36,11 +40,18 @@ settings = get_settings()
 )
 def user_events_pipeline() -> None:
     @task
-    def drain_user_events() -> dict[str, Any]:
-        """Store every message waiting in `UserEvents`; commit offsets after each stored batch."""
+    def partition_groups() -> list[list[int]]:
+        """The topic's partitions, split into one group per drain."""
+        from app.pipeline.drain import partition_groups
+
+        return partition_groups(get_settings())
+
+    @task
+    def drain_user_events(partitions: list[int]) -> dict[str, Any]:
+        """Store every message waiting in `partitions`; commit offsets after each stored batch."""
         from app.pipeline.drain import drain_user_events
 
-        return drain_user_events(get_settings()).as_dict()
+        return drain_user_events(get_settings(), partitions).as_dict()
 
     @task
     def refresh_event_counts() -> dict[str, Any]:
@@ -49,7 +60,7 @@ def user_events_pipeline() -> None:
 
         return refresh_event_counts(get_settings()).as_dict()
 
-    drain_user_events() >> refresh_event_counts()
+    drain_user_events.expand(partitions=partition_groups()) >> refresh_event_counts()
 
 
 user_events_pipeline()

@@ -113,6 +113,8 @@ class Settings(BaseSettings):
     drain_batch_size: int = Field(default=5000, ge=1, le=50_000)
     drain_max_records: int = Field(default=1_000_000, ge=1)
     drain_max_seconds: float = Field(default=100.0, gt=0)
+    # Drains run side by side, each on its share of the topic's partitions (mapped DAG tasks).
+    drain_parallelism: int = Field(default=1, ge=1)
     # Counts task (Airflow task 2): (UserId, EventName) pairs read and written per step.
     counts_batch_size: int = Field(default=5000, ge=1)
 

@@ -62,6 +62,13 @@ def topic_id(settings: Settings, topic: str, timeout: float = 15) -> str:
     return str(future.result().topic_id)
 
 
+def topic_partitions(settings: Settings, topic: str, timeout: float = 15) -> list[int]:
+    """The partition numbers of `topic`."""
+    admin = kafka_admin(settings)
+    future = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)[topic]
+    return [partition.id for partition in future.result().partitions]
+
+
 @dataclass(frozen=True)
 class TopicEnd:
     """A topic's size: records ever written (sum of end offsets) and, for `UserEvents`, what the

@@ -17,9 +17,15 @@ per batch:
 3. only then are the batch's offsets committed (auto-commit is off).
 
 A crash before 3 makes the next run read the batch again: 1 and 2 are repeated harmlessly.
-The end offsets taken when a partition is assigned bound the run, so it ends even while the
-generator keeps producing; `drain_max_records` and `drain_max_seconds` let a large backlog drain
-over several runs.
+The end offsets taken at start bound the run, so it ends even while the generator keeps
+producing; `drain_max_records` and `drain_max_seconds` let a large backlog drain over several runs.
+
+A drain reads the partitions it is given (all by default) by explicit assignment, not by joining
+the group: several drains can split a topic's partitions between them (`partition_groups`, the
+DAG's mapped drain tasks) with no rebalance to interrupt a batch between its store and its
+commit. They share the group id only to keep the committed offsets, which `task status` reports
+as the group's lag. Two drains given the same partition (a manual run beside the scheduled one)
+store and count each event once all the same, as a crash's re-read does.
 
 When Kafka lost its data (the topic deleted and re-created, the broker's folder wiped), offsets
 start again at 0. The drain notices it (a new topic id, or a committed offset past the end),
@@ -40,7 +46,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
@@ -51,6 +57,7 @@ from app.core.clients import Document, mongo_client
 from app.core.config import Settings
 from app.core.errors import LabError
 from app.core.kafka import topic_id as current_topic_id
+from app.core.kafka import topic_partitions
 from app.pipeline.store import EventStore
 from app.schemas import UserEvent, parse_json_object
 
@@ -259,7 +266,7 @@ def store_batch(store: EventStore, batch: Batch, batch_token: str) -> Stored:
 
 
 def open_consumer(settings: Settings) -> KafkaConsumer:
-    """A consumer of the drain's group that commits only when told to."""
+    """A consumer that keeps its offsets under the drain's group and commits only when told to."""
     try:
         return KafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
@@ -271,9 +278,6 @@ def open_consumer(settings: Settings) -> KafkaConsumer:
             max_poll_records=settings.drain_batch_size,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             bootstrap_timeout_ms=10_000,
-            # A run killed mid-drain keeps its partitions until its session expires; the next
-            # run waits that long to be assigned them (the client's default is 45 s).
-            session_timeout_ms=10_000,
         )
     except KafkaError as error:
         raise DrainError(
@@ -282,8 +286,24 @@ def open_consumer(settings: Settings) -> KafkaConsumer:
         ) from error
 
 
-def drain_user_events(settings: Settings) -> DrainSummary:
-    """Store every `UserEvents` message that is waiting when the call starts.
+def partition_groups(settings: Settings) -> list[list[int]]:
+    """The topic's partitions dealt round-robin into at most `drain_parallelism` groups: one
+    drain each, e.g. one mapped DAG task each."""
+    try:
+        partitions = sorted(topic_partitions(settings, settings.topic_user_events))
+    except Exception as error:
+        raise DrainError(
+            f"Topic {settings.topic_user_events} does not exist or Kafka does not describe it at "
+            f"{settings.kafka_bootstrap_servers} ({error}). `task infra-up` starts Kafka and "
+            "creates the lab's topics."
+        ) from error
+    groups = min(settings.drain_parallelism, len(partitions))
+    return [partitions[start::groups] for start in range(groups)]
+
+
+def drain_user_events(settings: Settings, partitions: Sequence[int] | None = None) -> DrainSummary:
+    """Store every `UserEvents` message waiting in `partitions` (default: all) when the call
+    starts.
 
     Commits the group's offsets after each stored batch. Raises DrainError, naming what to do,
     when Kafka or MongoDB fails; what was committed before stays stored, the rest is read again
@@ -293,7 +313,7 @@ def drain_user_events(settings: Settings) -> DrainSummary:
     try:
         consumer = open_consumer(settings)
         try:
-            return _drain(consumer, EventStore.connect(settings, client), settings)
+            return _drain(consumer, EventStore.connect(settings, client), settings, partitions)
         finally:
             consumer.close(autocommit=False)
     finally:
@@ -324,39 +344,20 @@ def _commit(consumer: KafkaConsumer, offsets: Mapping[TopicPartition, int]) -> N
         ) from error
 
 
-class _Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Holds newly assigned partitions back (paused, so no record of theirs is fetched) until
-    the drain has checked them: the listener runs on the client's IO thread, where the checks'
-    blocking calls are not allowed."""
-
-    def __init__(self, consumer: KafkaConsumer) -> None:
-        self.consumer = consumer
-        self.fresh: list[TopicPartition] = []
-
-    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        pass
-
-    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        assigned = list(assigned)
-        self.consumer.pause(*assigned)
-        self.fresh += assigned
-
-
 def _take_bounds(
     consumer: KafkaConsumer,
     partitions: list[TopicPartition],
-    recreated: bool,
-    marks: dict[TopicPartition, int],
+    recreated: set[int],
     summary: DrainSummary,
-) -> None:
-    """Take each new partition's end offset (where this run stops); a partition of a re-created
+) -> dict[TopicPartition, int]:
+    """Each partition's end offset now (where this run stops). A partition of a re-created
     topic, or whose committed offset is past its end (Kafka lost data), is read from its start."""
-    new = list(dict.fromkeys(tp for tp in partitions if tp not in marks))
-    ends = consumer.end_offsets(new) if new else {}
-    for tp in new:
+    ends: dict[TopicPartition, int] = consumer.end_offsets(partitions)
+    for tp in partitions:
         committed = consumer.committed(tp)
-        if recreated or (committed is not None and committed > ends[tp]):
-            if not recreated:
+        lost = committed is not None and committed > ends[tp]
+        if tp.partition in recreated or lost:
+            if lost and tp.partition not in recreated:
                 log.warning(
                     "%s[%d]: the group committed offset %d but the partition ends at %d: Kafka "
                     "lost data (topic re-created or broker data wiped). Reading the partition "
@@ -368,11 +369,13 @@ def _take_bounds(
                 )
             consumer.seek_to_beginning(tp)
             summary.resets += 1
-    marks.update(ends)
+    return ends
 
 
-def _topic_incarnation(store: EventStore, settings: Settings) -> tuple[str, bool]:
-    """The topic's id now, and whether it differs from the one the last run finished with."""
+def _topic_incarnation(
+    store: EventStore, settings: Settings, partitions: list[int]
+) -> tuple[str, set[int]]:
+    """The topic's id now, and which of `partitions` a finished run last saw under another id."""
     topic = settings.topic_user_events
     try:
         now = current_topic_id(settings, topic)
@@ -382,17 +385,19 @@ def _topic_incarnation(store: EventStore, settings: Settings) -> tuple[str, bool
             f"{settings.kafka_bootstrap_servers} ({error}). `task infra-up` starts Kafka and "
             "creates the lab's topics."
         ) from error
-    known = store.known_topic_id(topic)
-    if known is not None and known != now:
+    known = store.known_topic_ids(topic, partitions)
+    recreated = {partition for partition, was in known.items() if was != now}
+    if recreated:
         log.warning(
             "Topic %s was re-created or Kafka lost its data (topic id %s, was %s): its offsets "
-            "start again. Reading every partition from its start; the events stored from the "
+            "start again. Reading partitions %s from their start; the events stored from the "
             "old topic stay, and each new event is stored and counted once.",
             topic,
             now,
-            known,
+            ", ".join(sorted({known[p] for p in recreated})),
+            sorted(recreated),
         )
-    return now, known is not None and known != now
+    return now, recreated
 
 
 def _finish(
@@ -419,34 +424,41 @@ def _finish(
     )
 
 
-def _drain(consumer: KafkaConsumer, store: EventStore, settings: Settings) -> DrainSummary:
+def _drain(
+    consumer: KafkaConsumer,
+    store: EventStore,
+    settings: Settings,
+    partitions: Sequence[int] | None,
+) -> DrainSummary:
     topic = settings.topic_user_events
-    if not consumer.partitions_for_topic(topic):
+    available = consumer.partitions_for_topic(topic)
+    if not available:
         raise DrainError(
             f"Topic {topic} does not exist on {settings.kafka_bootstrap_servers}. "
             "`task infra-up` creates the lab's topics."
         )
-    topic_id, recreated = _topic_incarnation(store, settings)
+    wanted = sorted(available if partitions is None else set(partitions))
+    if missing := sorted(set(wanted) - available):
+        raise DrainError(
+            f"Topic {topic} has no partition {missing} (it has {sorted(available)}); the "
+            "partition groups are taken again by the next run."
+        )
+    topic_id, recreated = _topic_incarnation(store, settings, wanted)
     summary = DrainSummary()
-    assignments = _Assignments(consumer)
-    consumer.subscribe([topic], listener=assignments)
+    assigned = [TopicPartition(topic, partition) for partition in wanted]
+    consumer.assign(assigned)
     started = time.monotonic()
-    # End offset of each partition when it was first assigned: the run stops there.
-    marks: dict[TopicPartition, int] = {}
+    # End offset of each partition at start: the run stops there.
+    marks = _take_bounds(consumer, assigned, recreated, summary)
     # One batch is stored on a worker thread (MongoDB's time is spent waiting on a socket) while
     # the next is fetched and validated; each batch is committed after its own store, in order.
     in_flight: tuple[Batch, Future[Stored]] | None = None
     with ThreadPoolExecutor(1, thread_name_prefix="drain-store") as worker:
         while True:
-            if assignments.fresh:
-                fresh, assignments.fresh = assignments.fresh, []
-                _take_bounds(consumer, fresh, recreated, marks, summary)
-                consumer.resume(*fresh)
-            assigned = consumer.assignment()
-            waiting = {tp: marks[tp] - consumer.position(tp) for tp in assigned if tp in marks}
+            waiting = {tp: marks[tp] - consumer.position(tp) for tp in assigned}
             waiting = {tp: count for tp, count in waiting.items() if count > 0}
             summary.left = sum(waiting.values())
-            if assigned and not waiting:
+            if not waiting:
                 summary.stopped = "caught up"
                 break
             if summary.consumed >= settings.drain_max_records:
@@ -481,7 +493,7 @@ def _drain(consumer: KafkaConsumer, store: EventStore, settings: Settings) -> Dr
     # Only a finished run moves the remembered id: a run cut short after a reset is re-read
     # from the start next time, which the fingerprints and the counting marks make harmless.
     try:
-        store.remember_topic_id(topic, topic_id)
+        store.remember_topic_id(topic, wanted, topic_id)
     except PyMongoError as error:
         raise DrainError(
             f"MongoDB at {settings.mongo_url} failed while recording the drain's state "

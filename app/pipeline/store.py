@@ -119,14 +119,21 @@ class EventStore:
     def drop_pending(self, batch: Document) -> None:
         self.pending.delete_one({"_id": batch["_id"]})
 
-    def known_topic_id(self, topic: str) -> str | None:
-        """The id of `topic` when the drain last finished a run, if it recorded one."""
-        state = self.drain_state.find_one({"_id": topic})
-        return None if state is None else state.get("TopicId")
+    def known_topic_ids(self, topic: str, partitions: Iterable[int]) -> dict[int, str]:
+        """The id `topic` had when a drain last finished each of `partitions`, where one was
+        recorded. Per partition, so parallel drains of different partitions never take each
+        other's record for their own; a record for the whole topic (written by labs before
+        drains ran in parallel) stands for each partition without one."""
+        wanted = list(partitions)
+        found = self.find_by_ids(self.drain_state, [topic, *(f"{topic}[{p}]" for p in wanted)])
+        whole = found.get(topic, {}).get("TopicId")
+        known = {p: found.get(f"{topic}[{p}]", {}).get("TopicId", whole) for p in wanted}
+        return {p: topic_id for p, topic_id in known.items() if topic_id is not None}
 
-    def remember_topic_id(self, topic: str, topic_id: str) -> None:
-        self.drain_state.replace_one(
-            {"_id": topic},
-            {"TopicId": topic_id, "UpdatedAt": datetime.now(UTC)},
-            upsert=True,
-        )
+    def remember_topic_id(self, topic: str, partitions: Iterable[int], topic_id: str) -> None:
+        for partition in partitions:
+            self.drain_state.replace_one(
+                {"_id": f"{topic}[{partition}]"},
+                {"TopicId": topic_id, "UpdatedAt": datetime.now(UTC)},
+                upsert=True,
+            )

@@ -55,13 +55,17 @@ def test_dag_runs_every_two_minutes_one_at_a_time(dag: Any) -> None:
     assert dag.max_active_runs == 1
 
 
-def test_tasks_retry_and_run_drain_then_counts(dag: Any) -> None:
+def test_tasks_retry_and_run_partitioned_drains_then_counts(dag: Any) -> None:
+    groups = dag.get_task("partition_groups")
     drain = dag.get_task("drain_user_events")
     counts = dag.get_task("refresh_event_counts")
-    assert set(dag.task_ids) == {drain.task_id, counts.task_id}
+    assert set(dag.task_ids) == {groups.task_id, drain.task_id, counts.task_id}
+    assert groups.downstream_task_ids == {drain.task_id}
+    # Mapped over the partition groups: one drain each, and the counts wait for all of them.
+    assert type(drain).__name__.endswith("MappedOperator")
     assert drain.downstream_task_ids == {counts.task_id}
     assert counts.upstream_task_ids == {drain.task_id}
-    for task in (drain, counts):
+    for task in (groups, drain, counts):
         assert task.retries >= 1
         assert task.retry_delay > timedelta(0)
         assert task.execution_timeout is not None

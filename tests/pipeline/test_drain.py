@@ -13,9 +13,11 @@ import socket
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from confluent_kafka import Producer
 from kafka.consumer.fetcher import ConsumerRecord
 
 from app.core.config import Settings
@@ -26,6 +28,7 @@ from app.pipeline.drain import (
     DrainError,
     drain_user_events,
     event_id,
+    partition_groups,
     pending_batches,
     prepare_batch,
 )
@@ -312,6 +315,57 @@ def test_crash_between_insert_and_commit_then_rerun(lab_services: Settings) -> N
         assert store.events.count_documents({}) == 1000
         refresh_event_counts(settings)
         assert stored_counts(settings) == expected_counts(events)
+
+
+def test_parallel_drains_on_their_own_partitions_count_exactly_through_a_crash(
+    lab_services: Settings,
+) -> None:
+    """Three drains, one per partition, run side by side in three processes (as the DAG's mapped
+    drain tasks do). The one on partition 0 dies after storing its first batch, before its
+    commit. A tenth of the events were sent twice by a retrying client, each copy to another
+    partition than the original. Another round of parallel drains then finishes: every event
+    is stored once and counted once, and every partition is committed to its end."""
+    events = make_events(3000)
+    with pipeline_settings(lab_services, drain_parallelism=3, drain_batch_size=200) as settings:
+        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
+        for n, event in enumerate(events):
+            producer.produce(settings.topic_user_events, event.to_json_bytes(), partition=n % 3)
+            if n % 10 == 0:  # the retry lands in the next partition
+                retry = event.to_json_bytes()
+                producer.produce(settings.topic_user_events, retry, partition=(n + 1) % 3)
+            producer.poll(0)
+        assert producer.flush(30) == 0
+        groups = partition_groups(settings)
+        assert groups == [[0], [1], [2]]
+
+        crash = "from kafka import KafkaConsumer\n"
+        crash += "KafkaConsumer.commit = lambda self, *args, **kwargs: os._exit(3)"
+        with ThreadPoolExecutor(3) as pool:
+            first = list(
+                pool.map(
+                    lambda group: run_child(
+                        settings,
+                        crash if group == [0] else "",
+                        f"print(drain_user_events(get_settings(), {group}).stored)",
+                    ),
+                    groups,
+                )
+            )
+        assert [child.returncode for child in first] == [3, 0, 0], [c.stderr for c in first]
+        committed = committed_offsets(settings)
+        assert 0 not in committed and committed[1] > 0 and committed[2] > 0
+
+        with ThreadPoolExecutor(3) as pool:
+            second = list(pool.map(lambda group: drain_user_events(settings, group), groups))
+
+        assert all(summary.stopped == "caught up" for summary in second)
+        assert second[0].already_stored > 0  # partition 0's first batch, read again
+        assert second[1].consumed == second[2].consumed == 0
+        store = event_store(settings)
+        assert store.events.count_documents({}) == 3000
+        refresh_event_counts(settings)
+        assert stored_counts(settings) == expected_counts(events)
+        assert committed_offsets(settings) == {0: 1100, 1: 1100, 2: 1100}
 
 
 def test_mongo_down_during_a_run_fails_clearly_and_loses_nothing(
