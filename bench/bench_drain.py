@@ -13,12 +13,17 @@ In one run, on a topic and databases of its own (deleted at the end):
    have left it. The ratio of the two times should stay close to 1. `--recount` also times a
    recount of the batch's pairs from the events collection ($match + $group), the approach this
    design avoids. Each scenario ends by checking that the counts add up to every stored event.
+   Target: at least 10,000 events/s.
+3. DAG work: one `airflow dags test` run over a backlog of 60,000 events from 6,000 users, minus
+   an empty run's time (Airflow's own start-up and bookkeeping), both on a metadata database of
+   their own. Target: the backlog stored and counted exactly at 5,000 events/s or more.
 
 With `task infra-up` in local mode, MongoDB is FerretDB 1.24 (SQLite backend): its figures, not
 mongod's, are what this prints there.
 
     .venv/bin/python bench/bench_drain.py [--backlog 200000] [--batch 10000]
-        [--histories 10000 1000000] [--recount] [--only drain|counts]
+        [--histories 10000 1000000] [--recount] [--dag-backlog 60000]
+        [--only drain|counts|dag]
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 # Run as a script from anywhere: the repository root holds the `app` package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.airflow_runner import dags_test
 from app.core.clients import Document, kafka_admin, mongo_client
 from app.core.config import Settings, get_settings
 from app.core.kafka import ensure_topics
@@ -245,7 +251,8 @@ def bench_counts(base: Settings, batch_size: int, history: int, recount: bool) -
         print(
             f"  history {history:>9,} events, {pairs:>7,} pairs:  refresh {summary.seconds:6.2f} s "
             f"for {summary.events_counted:,} events / {summary.pairs_written:,} pairs "
-            f"(history written in {setup:.0f} s)"
+            f"= {summary.events_counted / summary.seconds:,.0f} events/s (target >= 10,000; "
+            f"history written in {setup:.0f} s)"
         )
         if recount:
             users = sorted({p["UserId"] for b in batch.pending for p in b["Pairs"]})
@@ -270,13 +277,78 @@ def bench_counts(base: Settings, batch_size: int, history: int, recount: bool) -
         client.close()
 
 
+# ----------------------------------------------------------------------------- DAG work
+
+
+def timed_dag_run(settings: Settings) -> float:
+    started = time.perf_counter()
+    run = dags_test(settings, migrate=False)
+    seconds = time.perf_counter() - started
+    if run.returncode != 0:
+        raise SystemExit(f"airflow dags test failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
+    return seconds
+
+
+def bench_dag(base: Settings, backlog: int, users: int) -> None:
+    settings = isolated(base, postgres_airflow_database="airflow_bench")
+    ensure_topics(settings, [settings.topic_user_events])
+    client = mongo_client(settings, timeout_ms=120_000)
+    store = EventStore.connect(settings, client)
+    store.ensure_indexes()
+    try:
+        migrated = dags_test(settings)  # migrates the metadata database; an empty run
+        if migrated.returncode != 0:
+            raise SystemExit(
+                f"airflow failed:\n{migrated.stdout[-3000:]}\n{migrated.stderr[-3000:]}"
+            )
+        empty = timed_dag_run(settings)
+        producer = Producer(
+            {"bootstrap.servers": settings.kafka_bootstrap_servers, "linger.ms": 20}
+        )
+        values = list(event_values(backlog, users, seed=4))
+        for value in values:
+            producer.produce(settings.topic_user_events, value)
+            producer.poll(0)
+        producer.flush(120)
+        full = timed_dag_run(settings)
+
+        expected: dict[tuple[str, str], int] = {}
+        for value in values:
+            event = UserEvent.model_validate_json(value)
+            pair = (event.user_id, event.event_name.value)
+            expected[pair] = expected.get(pair, 0) + 1
+        stored = {(d["UserId"], d["EventName"]): d["EventCount"] for d in store.counts.find()}
+        exact = stored == expected and store.events.count_documents({}) == backlog
+        work = full - empty
+        print(
+            f"\nDAG work: one `airflow dags test` run over {backlog:,} events of {users:,} users "
+            f"({len(expected):,} pairs)"
+        )
+        print(f"  empty run (baseline)              {empty:6.1f} s")
+        print(f"  run with the backlog              {full:6.1f} s")
+        print(
+            f"  work (difference)                 {rate(backlog, work)}  target >= 5,000 events/s; "
+            f"counts {'exact' if exact else 'WRONG'}"
+        )
+        if not exact:
+            raise SystemExit("the DAG run left wrong counts")
+    finally:
+        admin = kafka_admin(settings)
+        for deleted in admin.delete_topics([settings.topic_user_events]).values():
+            deleted.result()
+        client.drop_database(settings.mongo_database)
+        client.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backlog", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=10_000)
     parser.add_argument("--histories", type=int, nargs=2, default=[10_000, 1_000_000])
     parser.add_argument("--recount", action="store_true")
-    parser.add_argument("--only", choices=["drain", "counts"])
+    parser.add_argument("--dag-backlog", type=int, default=60_000)
+    parser.add_argument("--dag-users", type=int, default=6_000)
+    parser.add_argument("--only", choices=["drain", "counts", "dag"])
     args = parser.parse_args()
     settings = get_settings()
     with mongo_client(settings) as client:
@@ -287,9 +359,11 @@ def main() -> None:
         f"Kafka at {settings.kafka_bootstrap_servers}"
     )
 
-    if args.only != "counts":
+    if args.only in (None, "drain"):
         bench_drain(settings, args.backlog)
-    if args.only == "drain":
+    if args.only in (None, "dag"):
+        bench_dag(settings, args.dag_backlog, args.dag_users)
+    if args.only not in (None, "counts"):
         return
     small, large = args.histories
     print(f"\nTask 2: refresh_event_counts for the same {args.batch:,}-event batch")

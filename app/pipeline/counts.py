@@ -126,8 +126,7 @@ def refresh_event_counts(settings: Settings) -> CountsSummary:
             store.write_counts([counts[key] for key in sorted(changed)], existing)
             # Dropped once their pairs are written. Applying a batch again changes nothing, so a
             # crash before this costs a little repeated work, never a wrong count.
-            for batch in batches:
-                store.drop_pending(batch)
+            store.drop_pending(batches)
             summary.batches += len(batches)
             summary.events_counted += counted
             summary.pairs_written += len(changed)

@@ -9,6 +9,7 @@ the algorithm.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
@@ -34,6 +35,7 @@ class EventStore:
     """Raw events, per-user counts, quarantined messages, and the counting bookkeeping."""
 
     def __init__(self, database: Database[Document], settings: Settings) -> None:
+        self.write_threads = settings.counts_write_threads
         self.events: Collection[Document] = database[settings.mongo_events_collection]
         self.counts: Collection[Document] = database[settings.mongo_counts_collection]
         self.quarantine: Collection[Document] = database[settings.mongo_quarantine_collection]
@@ -96,7 +98,8 @@ class EventStore:
 
     def write_counts(self, documents: Sequence[Document], existing: set[str]) -> None:
         """Store counts documents whole: the ones whose `_id` is not in `existing` with one
-        `insert_many`, the others each with one atomic single-document update."""
+        `insert_many`, the others each with one atomic single-document update, several update
+        commands at a time (each document is in one of them, so their order does not matter)."""
         new = [document for document in documents if document["_id"] not in existing]
         if new:
             self.counts.insert_many(new, ordered=False)
@@ -109,15 +112,22 @@ class EventStore:
             for document in documents
             if document["_id"] in existing
         ]
-        for start in range(0, len(updates), UPDATES_PER_COMMAND):
-            self.counts.bulk_write(updates[start : start + UPDATES_PER_COMMAND], ordered=False)
+        commands = [
+            updates[start : start + UPDATES_PER_COMMAND]
+            for start in range(0, len(updates), UPDATES_PER_COMMAND)
+        ]
+        with ThreadPoolExecutor(self.write_threads, thread_name_prefix="counts-write") as pool:
+            # list() re-raises the first failed command's error.
+            list(pool.map(lambda command: self.counts.bulk_write(command, ordered=False), commands))
 
     def pending_batches(self) -> Iterable[Document]:
         """Every pending batch, in `_id` order (per partition, by first offset)."""
         return self.pending.find().sort("_id", 1)
 
-    def drop_pending(self, batch: Document) -> None:
-        self.pending.delete_one({"_id": batch["_id"]})
+    def drop_pending(self, batches: Sequence[Document]) -> None:
+        for start in range(0, len(batches), IDS_PER_QUERY):
+            chunk = [batch["_id"] for batch in batches[start : start + IDS_PER_QUERY]]
+            self.pending.delete_many({"_id": {"$in": chunk}})
 
     def known_topic_ids(self, topic: str, partitions: Iterable[int]) -> dict[int, str]:
         """The id `topic` had when a drain last finished each of `partitions`, where one was
