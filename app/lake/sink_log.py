@@ -72,6 +72,17 @@ def committed_files(settings: Settings, url: str) -> list[str]:
     return list(files)
 
 
+def committed_rows(settings: Settings, url: str) -> int:
+    """How many rows the committed files of the sink at `url` hold (their footers only)."""
+    import pyarrow.dataset as ds
+
+    files = committed_files(settings, url)
+    if not files:
+        return 0
+    fs, _ = location(settings, url)
+    return int(ds.dataset(files, filesystem=fs, format="parquet").count_rows())
+
+
 def folder_files(settings: Settings, url: str) -> list[str]:
     """Every data file under a sink folder, as a plain reader would list it: files and folders
     whose names start with `_` or `.` (the sink log, markers) are not data, to Spark or pyarrow."""

@@ -1,0 +1,281 @@
+"""Benchmark: the whole lab under honcho at a fixed high rate for 10 minutes. Does each hop keep up?
+
+In one run, on names of its own (topics, drain group, MongoDB database, S3 prefixes and
+checkpoint, Airflow home and metadata database, all removed at the end) against the services of
+`task infra-up`:
+
+1. The generator's events per session are measured from its own crowd, and its users per second
+   set so it offers `--events-per-second` (3,000 by default) plus the orders its sessions make.
+2. `honcho start` runs the Procfile (API, generator, Airflow, Spark stream, console) for
+   `--minutes` (10). Every 10 s the bench reads the topics' end offsets (what the API
+   acknowledged), the drain group's committed offsets and the lake's committed rows.
+3. It prints, per hop, the throughput over the soak against the rate offered, the lag at the
+   end, the DAG runs' durations against their 2-minute interval (from Airflow's metadata
+   database) and the Spark batches' durations against the trigger (from the stream's log).
+
+A hop keeps up when its lag at the end is below what arrives in one of its intervals (the DAG's
+2 minutes plus one run; the stream's trigger plus one batch) and its runs or batches take less
+time than their interval.
+
+    .venv/bin/python bench/bench_soak.py [--events-per-second 3000] [--minutes 10]
+        [--trigger "30 seconds"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+from confluent_kafka import Consumer, TopicPartition
+
+# Run as a script from anywhere: the repository root holds the `app` and `tests` packages.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from app.core.clients import postgres_connection
+from app.core.config import ROOT, Settings, get_settings
+from app.generator.crowd import Crowd
+from app.infra.bootstrap import bootstrap
+from app.lake.sink_log import committed_rows
+from tests.support import free_port, make_isolated_settings, remove_isolated, stop_group
+
+HONCHO = Path(sys.executable).parent / "honcho"
+SAMPLE_SECONDS = 10
+DAG_INTERVAL = 120.0
+BATCH_LINE = re.compile(r"(\S+): batch (\d+), (\d+) messages .* in ([\d.]+) s")
+
+
+@dataclass
+class Sample:
+    at: float
+    events: int  # UserEvents end offsets: events the API acknowledged
+    orders: int  # PurchasedItem end offsets
+    drained: int  # the drain group's committed offsets
+    lake: int  # orders in committed lake files
+
+
+@dataclass
+class Soak:
+    settings: Settings
+    log: Path
+    samples: list[Sample] = field(default_factory=list)
+
+
+def events_per_user(seed: int = 1, users: int = 2000) -> tuple[float, float]:
+    """(events, orders) per generated session, from the generator's own crowd."""
+    sessions = Crowd(seed).tick(datetime.now(UTC), users)
+    events = sum(len(session.events) for session in sessions)
+    orders = sum(len(session.purchases) for session in sessions)
+    return events / users, orders / users
+
+
+def seconds_of(interval: str) -> float:
+    number, unit = interval.split()
+    return float(number) * {"second": 1, "minute": 60}[unit.rstrip("s")]
+
+
+def read_sample(settings: Settings, consumer: Consumer, started: float) -> Sample:
+    def ends(topic: str) -> tuple[int, list[TopicPartition]]:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        tps = [TopicPartition(topic, p) for p in partitions]
+        return sum(consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps), tps
+
+    events, event_partitions = ends(settings.topic_user_events)
+    orders, _ = ends(settings.topic_purchased_item)
+    committed = consumer.committed(event_partitions, timeout=10)
+    drained = sum(max(tp.offset, 0) for tp in committed)
+    return Sample(
+        time.monotonic() - started,
+        events,
+        orders,
+        drained,
+        committed_rows(settings, settings.purchases_url),
+    )
+
+
+def dag_runs(settings: Settings) -> list[tuple[str, float | None, dict[str, float]]]:
+    """(start, duration or None while running, {task: longest duration}) of each DAG run."""
+    conn = postgres_connection(settings, settings.postgres_airflow_database)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT r.run_id, r.start_date, r.end_date, t.task_id, max(t.duration) "
+                "FROM dag_run r LEFT JOIN task_instance t "
+                "ON t.dag_id = r.dag_id AND t.run_id = r.run_id "
+                "WHERE r.dag_id = %s AND r.start_date IS NOT NULL "
+                "GROUP BY r.run_id, r.start_date, r.end_date, t.task_id ORDER BY r.start_date",
+                (settings.dag_id,),
+            )
+            rows = cur.fetchall()
+    finally:
+        conn.close()
+    runs: dict[str, tuple[str, float | None, dict[str, float]]] = {}
+    for run_id, start, end, task, duration in rows:
+        took = (end - start).total_seconds() if end else None
+        run = runs.setdefault(run_id, (start.strftime("%H:%M:%S"), took, {}))
+        if task and duration is not None:
+            run[2][task] = float(duration)
+    return list(runs.values())
+
+
+def spark_batches(log: Path) -> list[tuple[int, float]]:
+    """(messages, seconds) of each non-empty micro-batch the stream logged."""
+    text = log.read_text(errors="replace")
+    return [(int(m[3]), float(m[4])) for m in BATCH_LINE.finditer(text)]
+
+
+def soak_settings(base: Settings, home: Path, users_per_second: int, trigger: str) -> Settings:
+    tag = f"soak{uuid.uuid4().hex[:8]}"
+    isolated = make_isolated_settings(base, tag)
+    (home / "jars").symlink_to(base.lab_home / "jars", target_is_directory=True)
+    return isolated.model_copy(
+        update={
+            "lab_home": home,
+            "api_port": free_port(),
+            "airflow_port": free_port(),
+            "console_port": free_port(),
+            "generator_users_per_second": users_per_second,
+            "spark_trigger_interval": trigger,
+            "spark_checkpoint_dir": f"s3a://{base.s3_bucket}/test-{tag}/checkpoints",
+        }
+    )
+
+
+def run_soak(settings: Settings, minutes: float) -> Soak:
+    soak = Soak(settings, settings.lab_home / "honcho.log")
+    env_file = settings.lab_home / "honcho.env"  # the settings come from the environment
+    env_file.touch()
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "group.id": settings.drain_group_id,  # read, never joined
+            "enable.auto.commit": False,
+        }
+    )
+    with soak.log.open("wb") as out:
+        honcho = subprocess.Popen(
+            [HONCHO, "start", "-e", str(env_file), "-f", str(ROOT / "Procfile")],
+            cwd=ROOT,
+            env={**os.environ, **settings.as_environment()},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < minutes * 60:
+            time.sleep(SAMPLE_SECONDS)
+            if honcho.poll() is not None:
+                raise SystemExit(f"honcho stopped early; see {soak.log}")
+            try:
+                soak.samples.append(read_sample(settings, consumer, started))
+            except Exception as error:  # a hop still starting: try again next time
+                print(f"  sample skipped: {error}", file=sys.stderr)
+            last = soak.samples[-1] if soak.samples else None
+            if last:
+                print(
+                    f"  {last.at:5.0f} s: {last.events:>9,} events, {last.orders:>8,} orders "
+                    f"acknowledged; {last.drained:>9,} drained; {last.lake:>8,} in the lake",
+                    flush=True,
+                )
+        airflow = f"http://127.0.0.1:{settings.airflow_port}/api/v2/monitor/health"
+        healthy = httpx.get(airflow, timeout=5).status_code == 200
+        print(f"  Airflow answering at the end: {healthy}")
+    finally:
+        stop_group(honcho, signal.SIGINT, timeout=90)
+        consumer.close()
+    return soak
+
+
+def report(soak: Soak, offered: tuple[float, float], trigger: float) -> None:
+    samples = soak.samples
+    if len(samples) < 3:
+        raise SystemExit("too few samples to judge anything; see the log")
+    # Throughput from the first sample at which each hop had started moving.
+    first, last = samples[0], samples[-1]
+    span = last.at - first.at
+    events_rate = (last.events - first.events) / span
+    orders_rate = (last.orders - first.orders) / span
+    moving = next((s for s in samples if s.drained > 0), last)
+    drain_rate = (last.drained - moving.drained) / max(last.at - moving.at, 1)
+    lake_start = next((s for s in samples if s.lake > 0), last)
+    lake_rate = (last.lake - lake_start.lake) / max(last.at - lake_start.at, 1)
+    event_lag = last.events - last.drained
+    order_lag = last.orders - last.lake
+    print(f"\nSoak of {last.at / 60:.1f} min (machine load {os.getloadavg()[0]:.1f})")
+    print(
+        f"  API -> Kafka   {events_rate:>8,.0f} events/s  {orders_rate:>7,.0f} orders/s "
+        f"acknowledged (offered {offered[0]:,.0f} and {offered[1]:,.0f})"
+    )
+    runs = dag_runs(soak.settings)
+    finished = [took for _, took, _ in runs if took is not None]
+    print(
+        f"  DAG drain      {drain_rate:>8,.0f} events/s over its runs; lag at the end "
+        f"{event_lag:,} events (one interval brings {events_rate * DAG_INTERVAL:,.0f})"
+    )
+    for start, took, tasks in runs:
+        parts = ", ".join(f"{task} {seconds:.0f} s" for task, seconds in sorted(tasks.items()))
+        state = f"{took:6.1f} s" if took is not None else "running"
+        print(f"    run at {start}: {state} against {DAG_INTERVAL:.0f} s  ({parts})")
+    batches = spark_batches(soak.log)
+    durations = [seconds for _, seconds in batches]
+    print(
+        f"  Spark stream   {lake_rate:>8,.0f} orders/s into the lake; lag at the end "
+        f"{order_lag:,} orders (one trigger brings {orders_rate * trigger:,.0f})"
+    )
+    if durations:
+        print(
+            f"    {len(batches)} batches: median {statistics.median(durations):.1f} s, "
+            f"longest {max(durations):.1f} s against the {trigger:.0f} s trigger"
+        )
+    dag_ok = (
+        bool(finished)
+        and max(finished) < DAG_INTERVAL
+        and event_lag <= events_rate * (DAG_INTERVAL + max(finished))
+    )
+    spark_ok = bool(durations) and max(durations) < trigger * 1.5
+    spark_ok = spark_ok and order_lag <= orders_rate * (trigger + max(durations, default=0))
+    api_ok = events_rate >= 0.95 * offered[0]
+    for hop, ok in (("API", api_ok), ("DAG", dag_ok), ("Spark stream", spark_ok)):
+        print(f"  {hop:<14} {'keeps up' if ok else 'DOES NOT KEEP UP'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events-per-second", type=int, default=3000)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--trigger", default="30 seconds")
+    args = parser.parse_args()
+    base = get_settings()
+    events, orders = events_per_user()
+    users = max(1, round(args.events_per_second / events))
+    offered = (users * events, users * orders)
+    print(
+        f"Generator: {events:.2f} events and {orders:.2f} orders per session; {users} sessions/s "
+        f"offer {offered[0]:,.0f} events/s and {offered[1]:,.0f} orders/s for {args.minutes:g} min"
+    )
+    home = Path(tempfile.mkdtemp(prefix="lab-soak-"))
+    settings = soak_settings(base, home, users, args.trigger)
+    try:
+        bootstrap(settings)
+        soak = run_soak(settings, args.minutes)
+        report(soak, offered, seconds_of(args.trigger))
+    finally:
+        remove_isolated(settings)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
