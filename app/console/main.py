@@ -19,12 +19,12 @@ from fastapi.templating import Jinja2Templates
 from app.console.lake import BestSellers, lake_reading, quarantine_reading
 from app.console.probes import (
     AirflowClient,
+    PostgresReader,
     airflow_reading,
     api_reading,
     kafka_reading,
     mongo_reading,
     open_event_store,
-    postgres_reading,
     top_users_reading,
 )
 from app.console.sampler import Probe, Sampler
@@ -42,6 +42,7 @@ def lab_probes(settings: Settings) -> list[Probe]:
     airflow = AirflowClient(settings, http)
     store = open_event_store(settings)
     best_sellers = BestSellers(settings)
+    postgres = PostgresReader(settings)
     quarantine_rows: dict[str, int] = {}
     fast = settings.console_tick_seconds
     return [
@@ -59,7 +60,7 @@ def lab_probes(settings: Settings) -> list[Probe]:
         ),
         Probe("lake", "lake", SLOW_SECONDS, lambda: lake_reading(settings)),
         Probe("best_sellers", "lake", SLOW_SECONDS, best_sellers.reading),
-        Probe("postgres", "postgres", SLOW_SECONDS, lambda: postgres_reading(settings)),
+        Probe("postgres", "postgres", SLOW_SECONDS, postgres.reading),
     ]
 
 

@@ -173,25 +173,39 @@ def open_event_store(settings: Settings) -> EventStore:
     return EventStore.connect(settings, mongo_client(settings, timeout_ms=2000))
 
 
-def postgres_reading(settings: Settings) -> Reading:
-    """Rows in `repeat_purchases` and when its file last changed (the table keeps no time)."""
-    from psycopg2 import sql
+class PostgresReader:
+    """Rows in `repeat_purchases` and when its file last changed (the table keeps no time), on
+    one connection for the console's life, opened again after any error (a restart)."""
 
-    from app.core.clients import postgres_connection
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.conn: Any = None
 
-    conn = postgres_connection(settings)
-    try:
+    def reading(self) -> Reading:
+        from app.core.clients import postgres_connection
+
+        if self.conn is None:
+            self.conn = postgres_connection(self.settings)
+            self.conn.autocommit = True  # each probe sees the latest committed table
+        try:
+            return self._read(self.conn)
+        except Exception:
+            self.conn.close()
+            self.conn = None
+            raise
+
+    def _read(self, conn: Any) -> Reading:
+        from psycopg2 import sql
+
+        table_name = self.settings.repeat_purchases_table
         with conn.cursor() as cur:
-            cur.execute("SELECT to_regclass(%s)", (settings.repeat_purchases_table,))
+            cur.execute("SELECT to_regclass(%s)", (table_name,))
             if cur.fetchone()[0] is None:
-                return Reading({"table": settings.repeat_purchases_table, "rows": None})
-            table = sql.Identifier(settings.repeat_purchases_table)
-            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(table))
+                return Reading({"table": table_name, "rows": None})
+            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table_name)))
             rows = cur.fetchone()[0]
-            written = _relation_modified(cur, settings.repeat_purchases_table)
-        return Reading({"table": settings.repeat_purchases_table, "rows": rows, "written": written})
-    finally:
-        conn.close()
+            written = _relation_modified(cur, table_name)
+        return Reading({"table": table_name, "rows": rows, "written": written})
 
 
 def _relation_modified(cur: Any, table: str) -> str | None:
@@ -201,6 +215,5 @@ def _relation_modified(cur: Any, table: str) -> str | None:
         cur.execute("SELECT (pg_stat_file(pg_relation_filepath(%s))).modification", (table,))
         modified: datetime = cur.fetchone()[0]
     except Exception:
-        cur.connection.rollback()
         return None
     return modified.astimezone(UTC).isoformat()

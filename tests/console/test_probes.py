@@ -12,22 +12,23 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import psycopg2
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from app.console.lake import BestSellers
 from app.console.probes import (
+    PostgresReader,
     Reading,
     api_reading,
     kafka_reading,
     mongo_reading,
     open_event_store,
-    postgres_reading,
 )
 from app.console.sampler import Probe, Sampler
 from app.console.spark import spark_reading, stream_job_running
-from app.core.clients import s3_filesystem
+from app.core.clients import postgres_connection, s3_filesystem
 from app.core.config import Settings
 from tests.support import free_port
 
@@ -161,7 +162,7 @@ def test_services_that_do_not_answer_are_down_with_reason_and_fix(
             Probe("api", "api", 0, lambda: api_reading(settings, http)),
             Probe("kafka", "kafka", 0, lambda: kafka_reading(settings)),
             Probe("mongo", "mongo", 0, lambda: mongo_reading(store)),
-            Probe("postgres", "postgres", 0, lambda: postgres_reading(settings)),
+            Probe("postgres", "postgres", 0, PostgresReader(settings).reading),
         ]
         sampler = Sampler(settings, probes)
         _settle(sampler)
@@ -176,6 +177,23 @@ def test_services_that_do_not_answer_are_down_with_reason_and_fix(
         assert hops[hop]["state"] == "down", hop
         assert hops[hop]["reason"] == "not reachable: nothing answers there (connection refused)"
         assert fix in hops[hop]["fix"]
+
+
+def test_postgres_probe_keeps_one_connection_and_opens_another_after_losing_it(
+    lab_services: Settings,
+) -> None:
+    reader = PostgresReader(lab_services)
+    reader.reading()
+    first = reader.conn.get_backend_pid()
+    reader.reading()
+    assert reader.conn.get_backend_pid() == first  # no new session per tick
+    with postgres_connection(lab_services) as admin, admin.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(%s)", (first,))
+    admin.close()
+    with pytest.raises(psycopg2.OperationalError):  # the tick that finds it gone says so...
+        reader.reading()
+    assert "rows" in reader.reading().figures  # ...and the next one reads on a new one
+    assert reader.conn.get_backend_pid() != first
 
 
 def test_rates_come_from_totals_and_stop_while_the_service_is_down(
