@@ -75,7 +75,7 @@ def read_topic(settings: Settings, topic: str) -> list[Message]:
     """Every record of a topic, from the beginning up to its end at the time of the call."""
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "bootstrap.servers": settings.kafka_servers,
             "group.id": "tests-reader",  # never joined: partitions are assigned
             "enable.auto.commit": False,
         }

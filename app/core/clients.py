@@ -25,7 +25,7 @@ Document = dict[str, Any]
 def kafka_admin(settings: Settings) -> AdminClient:
     """Kafka's admin client (confluent-kafka). Keep it referenced while its futures run: a
     collected client cancels them (`_DESTROY`)."""
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    return AdminClient({"bootstrap.servers": settings.kafka_servers})
 
 
 def mongo_client(settings: Settings, timeout_ms: int = 5000) -> MongoClient[Document]:

@@ -81,12 +81,12 @@ def _data_loss(message: str) -> bool:
 def unreachable(settings: Settings) -> list[str]:
     """The services the stream needs that do not answer now, e.g. `Kafka at 127.0.0.1:9092`."""
     away = []
-    for server in settings.kafka_bootstrap_servers.split(","):
+    for server in settings.kafka_servers.split(","):
         host, port = server.strip().rsplit(":", 1)
         try:
             socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_SECONDS).close()
         except OSError:
-            away.append(f"Kafka at {settings.kafka_bootstrap_servers}")
+            away.append(f"Kafka at {settings.kafka_servers}")
             break
     try:
         s3_filesystem(settings, timeout=PROBE_TIMEOUT_SECONDS).ls(settings.s3_bucket)

@@ -262,7 +262,7 @@ def open_consumer(settings: Settings) -> KafkaConsumer:
     """A consumer of the drain's group that commits only when told to."""
     try:
         return KafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
+            bootstrap_servers=settings.kafka_servers.split(","),
             group_id=settings.drain_group_id,
             client_id=f"{settings.drain_group_id}-{uuid.uuid4().hex[:8]}",
             enable_auto_commit=False,
@@ -277,7 +277,7 @@ def open_consumer(settings: Settings) -> KafkaConsumer:
         )
     except KafkaError as error:
         raise DrainError(
-            f"Kafka is not reachable at {settings.kafka_bootstrap_servers}, so nothing was "
+            f"Kafka is not reachable at {settings.kafka_servers}, so nothing was "
             "drained. Start the services with `task infra-up` (or check KAFKA_BOOTSTRAP_SERVERS)."
         ) from error
 
@@ -379,7 +379,7 @@ def _topic_incarnation(store: EventStore, settings: Settings) -> tuple[str, bool
     except Exception as error:
         raise DrainError(
             f"Topic {topic} does not exist or Kafka does not describe it at "
-            f"{settings.kafka_bootstrap_servers} ({error}). `task infra-up` starts Kafka and "
+            f"{settings.kafka_servers} ({error}). `task infra-up` starts Kafka and "
             "creates the lab's topics."
         ) from error
     known = store.known_topic_id(topic)
@@ -423,7 +423,7 @@ def _drain(consumer: KafkaConsumer, store: EventStore, settings: Settings) -> Dr
     topic = settings.topic_user_events
     if not consumer.partitions_for_topic(topic):
         raise DrainError(
-            f"Topic {topic} does not exist on {settings.kafka_bootstrap_servers}. "
+            f"Topic {topic} does not exist on {settings.kafka_servers}. "
             "`task infra-up` creates the lab's topics."
         )
     topic_id, recreated = _topic_incarnation(store, settings)
