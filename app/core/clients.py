@@ -25,7 +25,8 @@ Document = dict[str, Any]
 def kafka_admin(settings: Settings) -> AdminClient:
     """Kafka's admin client (confluent-kafka). Keep it referenced while its futures run: a
     collected client cancels them (`_DESTROY`)."""
-    return AdminClient({"bootstrap.servers": settings.kafka_servers})
+    # Warnings and worse: librdkafka's info lines (a purged queue at close) tell a person nothing.
+    return AdminClient({"bootstrap.servers": settings.kafka_servers, "log_level": 4})
 
 
 def mongo_client(settings: Settings, timeout_ms: int = 5000) -> MongoClient[Document]:
