@@ -135,9 +135,7 @@ def bench_drain(base: Settings, backlog: int) -> None:
     baseline = settings.model_copy(update={"drain_group_id": f"{settings.drain_group_id}-baseline"})
     insert_target = settings.model_copy(update={"mongo_database": f"{settings.mongo_database}_b"})
     try:
-        producer = Producer(
-            {"bootstrap.servers": settings.kafka_servers, "linger.ms": 20}
-        )
+        producer = Producer({"bootstrap.servers": settings.kafka_servers, "linger.ms": 20})
         for value in event_values(backlog, BATCH_USERS, seed=1):
             producer.produce(settings.topic_user_events, value)
             producer.poll(0)
