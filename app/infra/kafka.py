@@ -117,20 +117,21 @@ class Kafka(LocalService):
             *args,
         ]
 
-    def prepare(self) -> None:
-        template = (KAFKA_DIR / "server.properties.template").read_text()
-        self.config_file.parent.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(
-            template.format(
-                node_id=self.node,
-                data_dir=self.data_dir,
-                port=self.port,
-                controller_port=self.controller_port,
-                quorum=",".join(f"{HOST}:{c}" for _, c in self.settings.kafka_node_ports),
-                replicas=self.settings.kafka_replicas,
-                min_insync=self.settings.kafka_min_insync_replicas,
-            )
+    def server_properties(self) -> str:
+        """This node's configuration, from `infra/kafka/server.properties.template`."""
+        return (KAFKA_DIR / "server.properties.template").read_text().format(
+            node_id=self.node,
+            data_dir=self.data_dir,
+            port=self.port,
+            controller_port=self.controller_port,
+            quorum=",".join(f"{HOST}:{c}" for _, c in self.settings.kafka_node_ports),
+            replicas=self.settings.kafka_replicas,
+            min_insync=self.settings.kafka_min_insync_replicas,
         )
+
+    def prepare(self) -> None:
+        self.config_file.parent.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(self.server_properties())
         if (self.data_dir / "kraft-logs" / "meta.properties").exists():
             return  # formatted once; formatting again would refuse or wipe the cluster id
         if self.settings.kafka_brokers == 1:
