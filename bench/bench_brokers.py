@@ -25,9 +25,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -43,11 +41,10 @@ from bench_api import (
     percentile,
     raw_produce,
     run_load,
-    start_api,
 )
 
 from app.core.config import Settings, get_settings
-from tests.broker_loss import BrokerLoss, lose_a_leader
+from tests.broker_loss import BrokerLoss, lose_a_leader, serving_api
 from tests.support import spare_kafka_cluster
 
 
@@ -58,33 +55,6 @@ class Figures:
     closed: LoadResult
     fixed: LoadResult
     loss: BrokerLoss | None = None
-
-
-@contextmanager
-def api_on(settings: Settings) -> Iterator[None]:
-    """The API (`bench_api.start_api`) on `settings`' Kafka: its child reads the Kafka
-    settings from the environment, so they are put there while it starts."""
-    kafka = {
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "KAFKA_CONTROLLER_PORT": str(settings.kafka_controller_port),
-        "KAFKA_BROKERS": str(settings.kafka_brokers),
-        "API_PRODUCE_TIMEOUT_SECONDS": str(settings.api_produce_timeout_seconds),
-    }
-    saved = {name: os.environ.get(name) for name in kafka}
-    os.environ.update(kafka)
-    try:
-        api = start_api(settings)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name)
-            else:
-                os.environ[name] = value
-    try:
-        yield
-    finally:
-        api.terminate()
-        api.wait(timeout=30)
 
 
 def measure(base: Settings, brokers: int, args: argparse.Namespace) -> Figures:
@@ -99,7 +69,7 @@ def measure(base: Settings, brokers: int, args: argparse.Namespace) -> Figures:
         raw, _ = raw_produce(settings, settings.topic_purchased_item, records * 5)
         pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"))
         try:
-            with api_on(settings):
+            with serving_api(settings, base.lab_home / "bench" / f"{tag}-api.log"):
                 port, seconds = settings.api_port, args.seconds
                 pool.submit(run_load, port, requests, 8, 2.0).result()  # warm-up
                 closed = pool.submit(run_load, port, requests, args.connections, seconds).result()

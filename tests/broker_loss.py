@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,7 +27,7 @@ import httpx
 from app.core.config import Settings
 from app.core.kafka import partition_replicas
 from app.schemas import EventName
-from tests.support import SpareKafka
+from tests.support import SpareKafka, start_group, stop_group
 
 USERS = [f"loss-user-{i}" for i in range(12)]
 
@@ -149,6 +153,26 @@ def all_in_sync(settings: Settings) -> bool:
     return bool(partitions) and not any(p.under_replicated for p in partitions)
 
 
+@contextmanager
+def serving_api(settings: Settings, log: Path) -> Iterator[None]:
+    """The API as the lab serves it (`python -m app.api --no-reload`) on `settings`, its output
+    in `log`; stopped afterwards."""
+    env = {**os.environ, **settings.as_environment()}
+    api = start_group([sys.executable, "-m", "app.api", "--no-reload"], env, log)
+    try:
+        wait_for(lambda: _api_ready(settings), f"the API (log: {log})", timeout=60)
+        yield
+    finally:
+        stop_group(api)
+
+
+def _api_ready(settings: Settings) -> bool:
+    try:
+        return httpx.get(f"{settings.api_url}/health/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def lose_a_leader(
     settings: Settings, nodes: list[SpareKafka], clients: int = 4, steady: float = 3.0
 ) -> BrokerLoss:
@@ -167,11 +191,15 @@ def lose_a_leader(
         assert pid is not None, f"{victim.name} is not running"
         killed_at = time.monotonic()
         os.kill(pid, signal.SIGKILL)
-        wait_for(
-            lambda: any(a.acknowledged and a.sent >= killed_at for a in list(load.answers)),
-            "acknowledgements after the kill",
-            timeout=60,
-        )
+        try:
+            wait_for(
+                lambda: any(a.acknowledged and a.sent >= killed_at for a in list(load.answers)),
+                f"acknowledgements after the kill of node {leader}",
+                timeout=60,
+            )
+        except AssertionError as exc:
+            after = Counter(a.status for a in list(load.answers) if a.sent >= killed_at)
+            raise AssertionError(f"{exc}; answers since the kill by status: {after}") from None
         restarted_at = time.monotonic()
         victim.start()
         in_sync_at = wait_for(lambda: all_in_sync(settings), "replicas in sync", timeout=90)

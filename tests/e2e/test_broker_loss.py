@@ -8,13 +8,10 @@ events all along. The leader of a partition gets SIGKILL, then is started again.
 from __future__ import annotations
 
 import json
-import os
-import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 
-import httpx
 import pytest
 from confluent_kafka.admin import ConfigResource, ResourceType  # type: ignore[attr-defined]
 
@@ -23,27 +20,18 @@ from app.core.config import Settings
 from app.core.kafka import partition_replicas
 from app.pipeline.counts import refresh_event_counts
 from app.pipeline.drain import drain_user_events
-from tests.broker_loss import BrokerLoss, lose_a_leader, wait_for
+from tests.broker_loss import BrokerLoss, lose_a_leader, serving_api
 from tests.support import (
     event_store,
     free_port,
     make_isolated_settings,
     read_topic,
     spare_kafka_cluster,
-    start_group,
-    stop_group,
 )
 
 pytestmark = pytest.mark.slow
 
 PRODUCE_TIMEOUT = 3.0
-
-
-def _api_ready(settings: Settings) -> bool:
-    try:
-        return httpx.get(f"{settings.api_url}/health/ready", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +51,8 @@ def loss(
         api_produce_timeout_seconds=PRODUCE_TIMEOUT,
     ) as nodes:
         settings = nodes[0].settings
-        env = {**os.environ, **settings.as_environment()}
-        api = start_group([sys.executable, "-m", "app.api", "--no-reload"], env, log)
-        try:
-            wait_for(lambda: _api_ready(settings), f"the API (log: {log})", timeout=60)
+        with serving_api(settings, log):
             result = lose_a_leader(settings, nodes)
-        finally:
-            stop_group(api)
         print(result.summary())
         try:
             yield settings, result
