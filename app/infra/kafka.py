@@ -119,14 +119,18 @@ class Kafka(LocalService):
 
     def server_properties(self) -> str:
         """This node's configuration, from `infra/kafka/server.properties.template`."""
-        return (KAFKA_DIR / "server.properties.template").read_text().format(
-            node_id=self.node,
-            data_dir=self.data_dir,
-            port=self.port,
-            controller_port=self.controller_port,
-            quorum=",".join(f"{HOST}:{c}" for _, c in self.settings.kafka_node_ports),
-            replicas=self.settings.kafka_replicas,
-            min_insync=self.settings.kafka_min_insync_replicas,
+        return (
+            (KAFKA_DIR / "server.properties.template")
+            .read_text()
+            .format(
+                node_id=self.node,
+                data_dir=self.data_dir,
+                port=self.port,
+                controller_port=self.controller_port,
+                quorum=",".join(f"{HOST}:{c}" for _, c in self.settings.kafka_node_ports),
+                replicas=self.settings.kafka_replicas,
+                min_insync=self.settings.kafka_min_insync_replicas,
+            )
         )
 
     def prepare(self) -> None:
