@@ -69,7 +69,7 @@ def measure(base: Settings, brokers: int, args: argparse.Namespace) -> Figures:
         raw, _ = raw_produce(settings, settings.topic_purchased_item, records * 5)
         pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"))
         try:
-            with serving_api(settings, base.lab_home / "bench" / f"{tag}-api.log"):
+            with serving_api(settings, base.lab_home / "logs" / f"{tag}-api.log"):
                 port, seconds = settings.api_port, args.seconds
                 pool.submit(run_load, port, requests, 8, 2.0).result()  # warm-up
                 closed = pool.submit(run_load, port, requests, args.connections, seconds).result()
