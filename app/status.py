@@ -1,8 +1,8 @@
 """`task status`: the whole lab at a glance.
 
-Services and their mode, the end offset of each topic, the drain group's lag, MongoDB counts,
-Parquet files in the lake and rows in `repeat_purchases`. Each probe fails on its own: a service
-that is down shows as such instead of stopping the report.
+Services and their mode, the end offset of each topic, the drain group's lag, each partition's
+in-sync replicas, MongoDB counts, Parquet files in the lake and rows in `repeat_purchases`. Each
+probe fails on its own: a service that is down shows as such instead of stopping the report.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from app.core.config import Settings, get_settings
-from app.core.kafka import topic_ends
+from app.core.kafka import partition_replicas, topic_ends
 from app.infra.cli import status_rows
 
 
@@ -25,6 +25,23 @@ def topic_offsets(settings: Settings) -> list[str]:
         if end.drain_lag is not None:
             line += f"; drain group {settings.drain_group_id!r} lag {end.drain_lag}"
         lines.append(line)
+    return lines
+
+
+def partition_health(settings: Settings) -> list[str]:
+    """Each partition's leader and in-sync replicas, and how many are under-replicated (a
+    replica behind or on a broker that is down)."""
+    partitions = partition_replicas(settings)
+    under = [p for p in partitions if p.under_replicated]
+    lines = [
+        f"kafka partitions: {len(under)} of {len(partitions)} under-replicated"
+        + (" (a broker is down or catching up: `task infra-status`)" if under else "")
+    ]
+    for p in partitions:
+        lines.append(
+            f"  {p.topic}[{p.partition}]: leader {p.leader}, replicas {p.replicas}, "
+            f"in sync {p.in_sync}" + (" UNDER-REPLICATED" if p.under_replicated else "")
+        )
     return lines
 
 
@@ -109,6 +126,7 @@ def report(settings: Settings) -> list[str]:
     ]
     probes: list[tuple[str, Callable[[Settings], list[str]]]] = [
         ("Kafka", topic_offsets),
+        ("Kafka", partition_health),
         ("MongoDB", mongo_counts),
         ("S3", lake_files),
         ("S3", lake_orders),

@@ -141,9 +141,7 @@ def bench_drain(base: Settings, backlog: int) -> None:
     baseline = settings.model_copy(update={"drain_group_id": f"{settings.drain_group_id}-baseline"})
     insert_target = settings.model_copy(update={"mongo_database": f"{settings.mongo_database}_b"})
     try:
-        producer = Producer(
-            {"bootstrap.servers": settings.kafka_bootstrap_servers, "linger.ms": 20}
-        )
+        producer = Producer({"bootstrap.servers": settings.kafka_servers, "linger.ms": 20})
         for value in event_values(backlog, BATCH_USERS, seed=1):
             producer.produce(settings.topic_user_events, value)
             producer.poll(0)
@@ -356,7 +354,7 @@ def main() -> None:
     mongo = f"FerretDB {server['ferretdbVersion']}" if "ferretdbVersion" in server else "mongod"
     print(
         f"MongoDB: {mongo} (wire version {server.get('version')}) at {settings.mongo_url}; "
-        f"Kafka at {settings.kafka_bootstrap_servers}"
+        f"Kafka at {settings.kafka_servers}"
     )
 
     if args.only in (None, "drain"):

@@ -44,6 +44,8 @@ def render() -> str:
             group = title
         if name == "lab_home":
             lines.append("# LAB_HOME=.lab  (relative to the repository by default)")
+        elif getattr(defaults, name) is None:
+            lines.append(f"# {name.upper()}=  (unset: derived, see app/core/config.py)")
         else:
             lines.append(f"{name.upper()}={getattr(defaults, name)}")
     return "\n".join(lines) + "\n"

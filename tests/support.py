@@ -25,18 +25,21 @@ from app.pipeline.store import EventStore
 
 
 class SpareKafka(Kafka):
-    """A broker of the lab's cached jars with a name of its own (`kafka-spare-<tag>`), so its
-    data, log, pid and config files (and its ports, from the settings) are apart from the lab's
-    broker and from other spare brokers. Tests stop and start it to cause real outages without
-    touching the lab's broker."""
+    """A Kafka node of the lab's cached jars with a name of its own (`kafka-spare-<tag>`, or
+    `kafka-spare-<tag>-<node>` in a cluster), so its data, log, pid and config files (and its
+    ports, from the settings) are apart from the lab's Kafka and from other spare ones. Tests
+    stop, kill and start it to cause real outages without touching the lab's Kafka."""
 
-    def __init__(self, settings: Settings, tag: str) -> None:
-        self.name = f"kafka-spare-{tag}"  # before the base names its files after it
-        super().__init__(settings)
+    def __init__(self, settings: Settings, tag: str, node: int = 1) -> None:
+        super().__init__(settings, node, base_name=f"kafka-spare-{tag}")
 
     @property
     def config_file(self) -> Path:
         return self.data_dir / "server.properties"
+
+    def wipe(self) -> None:
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        shutil.rmtree(self.cluster_dir, ignore_errors=True)
 
 
 def free_port() -> int:
@@ -46,36 +49,66 @@ def free_port() -> int:
         return port
 
 
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive free ports (a Kafka cluster's nodes sit side by side)."""
+    while True:
+        first = free_port()
+        try:
+            for port in range(first, first + count):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+
+
 @contextmanager
-def spare_kafka(base: Settings, tag: str, **changes: Any) -> Iterator[SpareKafka]:
-    """A started spare broker on free ports with topics `<tag>-UserEvents`/`-PurchasedItem`;
-    its `settings` point at it. Stopped and wiped afterwards."""
+def spare_kafka_cluster(
+    base: Settings, tag: str, brokers: int, **changes: Any
+) -> Iterator[list[SpareKafka]]:
+    """`brokers` started spare Kafka nodes (one cluster, replicated as the settings derive it
+    from the size) on free ports, with topics `<tag>-UserEvents`/`-PurchasedItem`; their
+    `settings` point at them. Stopped and wiped afterwards."""
+    first = free_ports(2 * brokers)
     settings = base.model_copy(
         update={
-            "kafka_bootstrap_servers": f"127.0.0.1:{free_port()}",
-            "kafka_controller_port": free_port(),
+            "kafka_bootstrap_servers": f"127.0.0.1:{first}",
+            "kafka_controller_port": first + 1,
+            "kafka_brokers": brokers,
+            "kafka_replication_factor": None,
             "kafka_heap": "256m",
             "topic_user_events": f"{tag}-UserEvents",
             "topic_purchased_item": f"{tag}-PurchasedItem",
             **changes,
         }
     )
-    broker = SpareKafka(settings, tag)
-    shutil.rmtree(broker.data_dir, ignore_errors=True)
-    broker.start()
+    nodes = [SpareKafka(settings, tag, node) for node in range(1, brokers + 1)]
+    for node in nodes:  # all before any starts: a node's wipe takes the cluster's folder
+        node.wipe()
     try:
+        for node in nodes:
+            node.start()
         ensure_topics(settings)
-        yield broker
+        yield nodes
     finally:
-        broker.stop()
-        shutil.rmtree(broker.data_dir, ignore_errors=True)
+        for node in nodes:
+            node.stop()
+        for node in nodes:
+            node.wipe()
+
+
+@contextmanager
+def spare_kafka(base: Settings, tag: str, **changes: Any) -> Iterator[SpareKafka]:
+    """A started spare broker (a cluster of one); see `spare_kafka_cluster`."""
+    with spare_kafka_cluster(base, tag, 1, **changes) as (broker,):
+        yield broker
 
 
 def read_topic(settings: Settings, topic: str) -> list[Message]:
     """Every record of a topic, from the beginning up to its end at the time of the call."""
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "bootstrap.servers": settings.kafka_servers,
             "group.id": "tests-reader",  # never joined: partitions are assigned
             "enable.auto.commit": False,
         }

@@ -63,7 +63,7 @@ class _Pending:
 def producer_config(settings: Settings) -> dict[str, object]:
     """librdkafka settings of the API's producer (also used by the benchmark's baseline)."""
     return {
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "bootstrap.servers": settings.kafka_servers,
         "client.id": "ingest-api",
         "acks": "all",
         "enable.idempotence": True,
@@ -108,7 +108,7 @@ class RecordProducer:
             log.warning(
                 "Kafka at %s is not reachable: requests get 503 until it is back "
                 "(`task infra-status` shows it).",
-                self.settings.kafka_bootstrap_servers,
+                self.settings.kafka_servers,
             )
         elif err.code() != KafkaError._ALL_BROKERS_DOWN:
             # Per-attempt connection errors while Kafka is down or restarting: noise at INFO.
@@ -174,7 +174,7 @@ class RecordProducer:
 
     def _timeout_message(self) -> str:
         return (
-            f"Kafka at {self.settings.kafka_bootstrap_servers} did not acknowledge the records "
+            f"Kafka at {self.settings.kafka_servers} did not acknowledge the records "
             f"within {self.timeout:g} s (broker down or overloaded; `task infra-status` shows it). "
             "They may or may not be stored: retry in a moment."
         )
@@ -202,7 +202,7 @@ class RecordProducer:
             metadata = await asyncio.to_thread(self._producer.list_topics, timeout=timeout)
         except KafkaException as exc:
             raise KafkaUnavailable(
-                f"Kafka at {self.settings.kafka_bootstrap_servers} is not reachable "
+                f"Kafka at {self.settings.kafka_servers} is not reachable "
                 f"({exc.args[0].str()}): run `task infra-up`.",
                 "unreachable",
             ) from None

@@ -60,7 +60,7 @@ def hops(settings: Settings) -> list[Hop]:
     """The pipeline's hops in the order of README's diagram."""
     return [
         Hop("api", "Ingest API", settings.api_url, "run `task up` (or `honcho start api`)"),
-        Hop("kafka", "Kafka", settings.kafka_bootstrap_servers, "run `task infra-up`"),
+        Hop("kafka", "Kafka", settings.kafka_servers, "run `task infra-up`"),
         Hop(
             "airflow",
             "Airflow DAG",

@@ -25,7 +25,9 @@ Document = dict[str, Any]
 def kafka_admin(settings: Settings) -> AdminClient:
     """Kafka's admin client (confluent-kafka). Keep it referenced while its futures run: a
     collected client cancels them (`_DESTROY`)."""
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    # Critical only: failures reach the caller as exceptions (worded by it), not as a stream of
+    # "Connect ... failed" and info lines from librdkafka while a broker is down.
+    return AdminClient({"bootstrap.servers": settings.kafka_servers, "log_level": 2})
 
 
 def mongo_client(settings: Settings, timeout_ms: int = 5000) -> MongoClient[Document]:

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parents[2]
+# Nodes of a local Kafka cluster: ports stay in a short, predictable range.
+MAX_KAFKA_BROKERS = 9
 
 
 class Settings(BaseSettings):
@@ -62,13 +64,17 @@ class Settings(BaseSettings):
     # How long one request is retried (503, connection errors) before its records count as failed.
     generator_retry_seconds: float = Field(default=30.0, ge=0)
 
-    # Kafka
+    # Kafka. KAFKA_BROKERS=3 runs a three-node cluster in local mode (and compose): node i on
+    # the bootstrap port + 2*(i-1), its controller on the controller port + 2*(i-1). A list of
+    # several servers in KAFKA_BOOTSTRAP_SERVERS (a cluster of other hosts) is used as it is.
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_controller_port: int = 9093
+    kafka_brokers: int = Field(default=1, ge=1, le=MAX_KAFKA_BROKERS)
     kafka_version: str = "4.1.2"
     kafka_heap: str = "512m"
     kafka_partitions: int = Field(default=3, ge=1)
-    kafka_replication_factor: int = Field(default=1, ge=1)
+    # Unset: 3 with three brokers or more, else one per broker (see `kafka_replicas`).
+    kafka_replication_factor: int | None = Field(default=None, ge=1)
     topic_user_events: str = "UserEvents"
     topic_purchased_item: str = "PurchasedItem"
 
@@ -142,6 +148,17 @@ class Settings(BaseSettings):
     def _prefix_ends_with_slash(cls, value: str) -> str:
         return value.strip("/") + "/"
 
+    @model_validator(mode="after")
+    def _replicas_fit_the_brokers(self) -> Settings:
+        if self.kafka_replicas > self.kafka_brokers:
+            raise ValueError(
+                f"KAFKA_REPLICATION_FACTOR={self.kafka_replication_factor} needs at least that "
+                f"many brokers, but KAFKA_BROKERS={self.kafka_brokers}: set KAFKA_BROKERS="
+                f"{self.kafka_replicas} (a cluster of that many nodes) or unset "
+                f"KAFKA_REPLICATION_FACTOR (it then follows KAFKA_BROKERS)."
+            )
+        return self
+
     # Derived values: computed, never configured twice.
     @property
     def api_url(self) -> str:
@@ -157,7 +174,36 @@ class Settings(BaseSettings):
 
     @property
     def kafka_port(self) -> int:
+        """The first broker's port (node 1 of a local cluster)."""
         return int(self.kafka_bootstrap_servers.split(",")[0].rsplit(":", 1)[1])
+
+    @property
+    def kafka_servers(self) -> str:
+        """The bootstrap list every Kafka client uses: KAFKA_BOOTSTRAP_SERVERS when it lists
+        several servers, else one address per local node (`kafka_node_ports`)."""
+        if "," in self.kafka_bootstrap_servers:
+            return self.kafka_bootstrap_servers
+        host = self.kafka_bootstrap_servers.rsplit(":", 1)[0]
+        return ",".join(f"{host}:{port}" for port, _ in self.kafka_node_ports)
+
+    @property
+    def kafka_node_ports(self) -> list[tuple[int, int]]:
+        """(broker port, controller port) of local nodes 1..KAFKA_BROKERS."""
+        return [
+            (self.kafka_port + 2 * i, self.kafka_controller_port + 2 * i)
+            for i in range(self.kafka_brokers)
+        ]
+
+    @property
+    def kafka_replicas(self) -> int:
+        """Replication factor of the lab's topics and of Kafka's internal ones."""
+        return self.kafka_replication_factor or min(self.kafka_brokers, 3)
+
+    @property
+    def kafka_min_insync_replicas(self) -> int:
+        """Replicas that must have a record before it is acknowledged (acks=all): with three,
+        one broker may be lost without refusing writes or losing acknowledged ones."""
+        return max(1, self.kafka_replicas - 1)
 
     @property
     def mongo_port(self) -> int:
@@ -184,7 +230,11 @@ class Settings(BaseSettings):
 
     def as_environment(self) -> dict[str, str]:
         """These settings as environment variables: a child process rebuilds the same Settings."""
-        return {name.upper(): str(value) for name, value in self.model_dump().items()}
+        return {
+            name.upper(): str(value)
+            for name, value in self.model_dump().items()
+            if value is not None  # unset: the child derives it too
+        }
 
     def postgres_dsn(self, database: str | None = None) -> str:
         """libpq URL for the analytics database (or another database on the same server)."""

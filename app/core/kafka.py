@@ -10,25 +10,39 @@ from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
 from app.core.clients import kafka_admin
 from app.core.config import Settings
+from app.core.errors import LabError
 
 
 def lab_topics(settings: Settings) -> list[str]:
     return [settings.topic_user_events, settings.topic_purchased_item]
 
 
+class KafkaClusterTooSmall(LabError):
+    """The topics' replication factor asks for more brokers than the cluster has."""
+
+
 def ensure_topics(settings: Settings, topics: list[str] | None = None) -> list[str]:
-    """Create the lab's topics when missing; report each one's partition count."""
+    """Create the lab's topics when missing (replicated as the settings say); report each
+    one's partition count."""
     admin = kafka_admin(settings)
     wanted = topics or lab_topics(settings)
-    existing = admin.list_topics(timeout=15).topics
-    missing = [name for name in wanted if name not in existing]
+    cluster = admin.list_topics(timeout=15)
+    missing = [name for name in wanted if name not in cluster.topics]
+    if missing and len(cluster.brokers) < settings.kafka_replicas:
+        raise KafkaClusterTooSmall(
+            f"Kafka at {settings.kafka_servers} has {len(cluster.brokers)} broker(s) up, fewer "
+            f"than the replication factor {settings.kafka_replicas} of the topics to create "
+            f"({', '.join(missing)}). Start every node (`KAFKA_BROKERS={settings.kafka_brokers} "
+            f"task infra-up`; `task infra-status` lists them) or lower KAFKA_REPLICATION_FACTOR."
+        )
     if missing:
         futures = admin.create_topics(
             [
                 NewTopic(
                     name,
                     num_partitions=settings.kafka_partitions,
-                    replication_factor=settings.kafka_replication_factor,
+                    replication_factor=settings.kafka_replicas,
+                    config={"min.insync.replicas": str(settings.kafka_min_insync_replicas)},
                 )
                 for name in missing
             ],
@@ -88,7 +102,7 @@ def topic_ends(settings: Settings, timeout: float = 5) -> list[TopicEnd]:
     """
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "bootstrap.servers": settings.kafka_servers,
             "group.id": settings.drain_group_id,  # read, never joined: its commits stay as they are
             "enable.auto.commit": False,
             "log_level": 2,  # critical only: no "Connect ... failed" lines
@@ -113,3 +127,42 @@ def topic_ends(settings: Settings, timeout: float = 5) -> list[TopicEnd]:
     finally:
         consumer.close()
     return ends
+
+
+@dataclass(frozen=True)
+class PartitionReplicas:
+    """Where one partition lives: its leader (None while it has none), its replicas and the
+    replicas in sync with the leader."""
+
+    topic: str
+    partition: int
+    leader: int | None
+    replicas: list[int]
+    in_sync: list[int]
+
+    @property
+    def under_replicated(self) -> bool:
+        return len(self.in_sync) < len(self.replicas)
+
+
+def partition_replicas(settings: Settings, timeout: float = 5) -> list[PartitionReplicas]:
+    """Replicas and in-sync replicas of each partition of the lab's existing topics."""
+    admin = kafka_admin(settings)  # referenced until the futures are done (see topic_id)
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    topics = [topic for topic in lab_topics(settings) if topic in existing]
+    if not topics:
+        return []
+    futures = admin.describe_topics(TopicCollection(topics), request_timeout=timeout)
+    rows = []
+    for topic in topics:
+        for info in futures[topic].result().partitions:
+            rows.append(
+                PartitionReplicas(
+                    topic,
+                    info.id,
+                    info.leader.id if info.leader is not None else None,
+                    [node.id for node in info.replicas],
+                    [node.id for node in info.isr],
+                )
+            )
+    return rows

@@ -19,11 +19,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from app.core.config import ROOT, Settings, get_settings
+from app.core.errors import LabError
 from app.core.process import InfraError, port_open, run
+from app.infra.kafka import other_kafka_nodes
 from app.infra.service import HOST
 from app.infra.services import local_services
 
 COMPOSE_FILE = ROOT / "infra" / "compose.yml"
+# The compose profile that runs Kafka, by KAFKA_BROKERS.
+COMPOSE_KAFKA_PROFILES = {1: "kafka-single", 3: "kafka-cluster"}
 
 
 def docker_engine_answers() -> bool:
@@ -58,9 +62,20 @@ def resolve_mode(settings: Settings) -> str:
 def compose_environment(settings: Settings) -> dict[str, str]:
     """What compose substitutes into `infra/compose.yml`: every setting (so `.env` and exported
     variables apply) plus the ports the settings derive from their URLs."""
+    if settings.kafka_brokers not in COMPOSE_KAFKA_PROFILES:
+        raise InfraError(
+            f"infra/compose.yml runs Kafka as one node or three, not KAFKA_BROKERS="
+            f"{settings.kafka_brokers}: set KAFKA_BROKERS=1 or 3 (or LAB_INFRA_MODE=local)."
+        )
     return {
         **settings.as_environment(),
+        "COMPOSE_PROFILES": COMPOSE_KAFKA_PROFILES[settings.kafka_brokers],
         "KAFKA_PORT": str(settings.kafka_port),
+        **{
+            f"KAFKA_NODE{node}_PORT": str(port)
+            for node, (port, _) in enumerate(settings.kafka_node_ports, 1)
+            if node > 1
+        },
         "MONGO_PORT": str(settings.mongo_port),
         "S3_PORT": str(settings.s3_port),
     }
@@ -97,6 +112,7 @@ def _up(settings: Settings) -> None:
     if mode == "docker":
         _compose(settings, "up", "-d", "--wait")
     else:
+        _refuse_another_kafka_size(settings)
         for service in local_services(settings):
             print(f"  {service.name:<9} {service.describe():<40} ...", end="", flush=True)
             outcome = service.start()
@@ -109,6 +125,16 @@ def _up(settings: Settings) -> None:
     for line in bootstrap(settings):
         print(f"  bootstrap: {line}")
     print(f"infra-up: all four services ready in {time.monotonic() - started:.1f} s")
+
+
+def _refuse_another_kafka_size(settings: Settings) -> None:
+    running = [node.name for node in other_kafka_nodes(settings) if node.pid() is not None]
+    if running:
+        raise InfraError(
+            f"Kafka of another cluster size is running ({', '.join(running)}), not the "
+            f"KAFKA_BROKERS={settings.kafka_brokers} one asked for. Stop it first with "
+            f"`task infra-down` (it stops every size), then run `task infra-up` again."
+        )
 
 
 def install(settings: Settings) -> None:
@@ -146,12 +172,17 @@ def down(settings: Settings) -> None:
 def _down(settings: Settings) -> None:
     mode = resolve_mode(settings)
     if mode == "docker":
-        _compose(settings, "down")
+        # Every profile: a cluster of the size used before stops too.
+        profiles = [arg for name in COMPOSE_KAFKA_PROFILES.values() for arg in ("--profile", name)]
+        _compose(settings, *profiles, "down")
         print("infra-down: compose services stopped (volumes kept)")
     else:
         for service in reversed(local_services(settings)):
             stopped = service.stop()
             print(f"  {service.name:<9} {'stopped' if stopped else 'was not running'}")
+        for node in other_kafka_nodes(settings):  # a cluster of the size used before
+            if node.stop():
+                print(f"  {node.name:<9} stopped (KAFKA_BROKERS is now {settings.kafka_brokers})")
     mode_file(settings).unlink(missing_ok=True)
 
 
@@ -189,8 +220,10 @@ def status_rows(settings: Settings) -> list[dict[str, object]]:
 def status(settings: Settings) -> None:
     for row in status_rows(settings):
         pid = f"pid {row['pid']}" if row.get("pid") else ""
+        port = f"port {row['port']}" if row.get("port") else ""
         print(
-            f"{row['service']!s:<9} {row['state']!s:<5} {pid:<10} {row['mode']!s:<48} {row['log']}"
+            f"{row['service']!s:<9} {row['state']!s:<5} {pid:<10} {port:<10} "
+            f"{row['mode']!s:<48} {row['log']}"
         )
 
 
@@ -244,10 +277,14 @@ def doctor(settings: Settings) -> bool:
             ),
         ]
     mine = {port for s in local_services(settings) if s.pid() is not None for port in s.ports}
+    kafka_ports = [
+        (f"Kafka node {node}" + (" controller" if controller else ""), port)
+        for node, ports in enumerate(settings.kafka_node_ports, 1)
+        for controller, port in enumerate(ports)
+    ]
     for label, port in [
         ("API", settings.api_port),
-        ("Kafka", settings.kafka_port),
-        ("Kafka controller", settings.kafka_controller_port),
+        *kafka_ports,
         ("MongoDB", settings.mongo_port),
         ("S3", settings.s3_port),
         ("PostgreSQL", settings.postgres_port),
@@ -298,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(line)
         else:
             return 0 if doctor(settings) else 1
-    except InfraError as exc:
+    except LabError as exc:  # InfraError, or a topic the cluster cannot replicate
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

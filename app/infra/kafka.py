@@ -1,33 +1,64 @@
-"""Apache Kafka as a local process: a single KRaft node (broker + controller) from Maven jars."""
+"""Apache Kafka as local processes from Maven jars: KRaft nodes, each broker and controller.
+
+With KAFKA_BROKERS=1 one node named `kafka` (data in `data/kafka`); with N > 1 nodes `kafka-1`
+.. `kafka-N`, every one a voter of the controller quorum, their data in `data/kafka-clusterN/`,
+so each cluster size keeps a storage of its own and going back finds the old data as it was.
+"""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import uuid
 from pathlib import Path
 
-from app.core.config import ROOT
+from app.core.config import MAX_KAFKA_BROKERS, ROOT, Settings
 from app.core.process import InfraError, port_open, run
 from app.infra.service import HOST, Launch, LocalService, tool
 
 KAFKA_DIR = ROOT / "infra" / "kafka"
 
 
+def _kafka_uuid() -> str:
+    """A random id as Kafka writes them (url-safe base64), never with a leading dash (which
+    the storage tool would read as an option)."""
+    value = "-"
+    while value.startswith("-"):
+        value = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    return value
+
+
 class Kafka(LocalService):
-    name = "kafka"
     start_timeout = 120.0
+
+    def __init__(self, settings: Settings, node: int = 1, base_name: str = "kafka") -> None:
+        self.node = node
+        clustered = settings.kafka_brokers > 1
+        self.name = f"{base_name}-{node}" if clustered else base_name
+        super().__init__(settings)
+        # One folder per cluster size: nodes of another size never read this storage.
+        self.cluster_dir = self.home / "data" / f"{base_name}-cluster{settings.kafka_brokers}"
+        if clustered:
+            self.data_dir = self.cluster_dir / f"node{node}"
 
     @property
     def port(self) -> int:
-        return self.settings.kafka_port
+        return self.settings.kafka_node_ports[self.node - 1][0]
+
+    @property
+    def controller_port(self) -> int:
+        return self.settings.kafka_node_ports[self.node - 1][1]
 
     @property
     def ports(self) -> list[int]:
-        return [self.port, self.settings.kafka_controller_port]
+        return [self.port, self.controller_port]
 
     def describe(self) -> str:
-        return f"Apache Kafka {self.settings.kafka_version} (KRaft, jars)"
+        version = self.settings.kafka_version
+        if self.settings.kafka_brokers == 1:
+            return f"Apache Kafka {version} (KRaft, jars)"
+        return f"Apache Kafka {version} node {self.node}/{self.settings.kafka_brokers} (KRaft)"
 
     @property
     def lib_dir(self) -> Path:
@@ -38,6 +69,9 @@ class Kafka(LocalService):
 
     @property
     def config_file(self) -> Path:
+        """Rendered at every start: a cluster's node next to its data."""
+        if self.settings.kafka_brokers > 1:
+            return self.data_dir / "server.properties"
         return self.home / "kafka" / "server.properties"
 
     def install(self) -> None:
@@ -83,26 +117,37 @@ class Kafka(LocalService):
             *args,
         ]
 
-    def prepare(self) -> None:
-        template = (KAFKA_DIR / "server.properties.template").read_text()
-        self.config_file.parent.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(
-            template.format(
+    def server_properties(self) -> str:
+        """This node's configuration, from `infra/kafka/server.properties.template`."""
+        return (
+            (KAFKA_DIR / "server.properties.template")
+            .read_text()
+            .format(
+                node_id=self.node,
                 data_dir=self.data_dir,
                 port=self.port,
-                controller_port=self.settings.kafka_controller_port,
+                controller_port=self.controller_port,
+                quorum=",".join(f"{HOST}:{c}" for _, c in self.settings.kafka_node_ports),
+                replicas=self.settings.kafka_replicas,
+                min_insync=self.settings.kafka_min_insync_replicas,
             )
         )
+
+    def prepare(self) -> None:
+        self.config_file.parent.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(self.server_properties())
         if (self.data_dir / "kraft-logs" / "meta.properties").exists():
             return  # formatted once; formatting again would refuse or wipe the cluster id
-        cluster_id = "-"
-        while cluster_id.startswith("-"):  # a leading dash would read as an option
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if self.settings.kafka_brokers == 1:
+            cluster_id, quorum = _kafka_uuid(), ["--standalone"]
+        else:
+            cluster_id, voters = self._cluster_identity()
+            quorum = ["--initial-controllers", voters]
         run(
             self._java(
                 "kafka.tools.StorageTool",
                 "format",
-                "--standalone",
+                *quorum,
                 "-t",
                 cluster_id,
                 "-c",
@@ -113,15 +158,56 @@ class Kafka(LocalService):
             timeout=120,
         )
 
+    def _cluster_identity(self) -> tuple[str, str]:
+        """The cluster id and the initial voters (`id@host:port:directory-id`) every node of
+        the cluster is formatted with: made by the first node formatted, read by the others."""
+        path = self.cluster_dir / "identity.json"
+        if not path.exists():
+            nodes = range(1, self.settings.kafka_brokers + 1)
+            identity = {"cluster_id": _kafka_uuid(), "directories": [_kafka_uuid() for _ in nodes]}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(identity))
+        identity = json.loads(path.read_text())
+        voters = ",".join(
+            f"{node}@{HOST}:{controller}:{directory}"
+            for node, ((_, controller), directory) in enumerate(
+                zip(self.settings.kafka_node_ports, identity["directories"], strict=True), 1
+            )
+        )
+        return identity["cluster_id"], voters
+
     def launch(self) -> Launch:
         return Launch(argv=self._java("kafka.Kafka", str(self.config_file)))
 
     def ready(self) -> bool:
+        """A lone node answers metadata. A cluster's node cannot serve before a quorum forms, so
+        the nodes before the last are ready once their controller listens, and the last once
+        every broker of the cluster is registered."""
         from confluent_kafka.admin import AdminClient
 
+        brokers = self.settings.kafka_brokers
+        if self.node < brokers:
+            return port_open(HOST, self.controller_port)
         # The client logs every refused connection; ask it only once the port is open.
         if not port_open(HOST, self.port):
             return False
-        admin = AdminClient({"bootstrap.servers": f"{HOST}:{self.port}"})
+        admin = AdminClient({"bootstrap.servers": f"{HOST}:{self.port}", "log_level": 2})
         metadata = admin.list_topics(timeout=3)
-        return bool(metadata.brokers)
+        return len(metadata.brokers) >= brokers
+
+
+def kafka_nodes(settings: Settings) -> list[Kafka]:
+    """The local Kafka nodes KAFKA_BROKERS asks for, in start order."""
+    return [Kafka(settings, node) for node in range(1, settings.kafka_brokers + 1)]
+
+
+def other_kafka_nodes(settings: Settings) -> list[Kafka]:
+    """Nodes named as for another cluster size (their pid files are enough to stop them)."""
+    mine = {node.name for node in kafka_nodes(settings)}
+    sizes = [1, MAX_KAFKA_BROKERS]  # `kafka`, and `kafka-1` .. `kafka-9`
+    return [
+        node
+        for size in sizes
+        for node in kafka_nodes(settings.model_copy(update={"kafka_brokers": size}))
+        if node.name not in mine
+    ]

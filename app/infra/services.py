@@ -1,9 +1,10 @@
-"""The four services of the lab, run as local processes (no Docker), in start order."""
+"""The four services of the lab, run as local processes (no Docker), in start order (Kafka as
+KAFKA_BROKERS nodes)."""
 
 from __future__ import annotations
 
 from app.core.config import Settings
-from app.infra.kafka import Kafka
+from app.infra.kafka import kafka_nodes
 from app.infra.mongo import Mongo
 from app.infra.postgres import Postgres
 from app.infra.s3 import ObjectStore
@@ -11,4 +12,4 @@ from app.infra.service import LocalService
 
 
 def local_services(settings: Settings) -> list[LocalService]:
-    return [Postgres(settings), Kafka(settings), Mongo(settings), ObjectStore(settings)]
+    return [Postgres(settings), *kafka_nodes(settings), Mongo(settings), ObjectStore(settings)]

@@ -78,16 +78,21 @@ def _data_loss(message: str) -> bool:
     return "data loss" in message.lower() or "failOnDataLoss" in message
 
 
+def _answers(server: str) -> bool:
+    host, port = server.strip().rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_SECONDS).close()
+    except OSError:
+        return False
+    return True
+
+
 def unreachable(settings: Settings) -> list[str]:
     """The services the stream needs that do not answer now, e.g. `Kafka at 127.0.0.1:9092`."""
     away = []
-    for server in settings.kafka_bootstrap_servers.split(","):
-        host, port = server.strip().rsplit(":", 1)
-        try:
-            socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_SECONDS).close()
-        except OSError:
-            away.append(f"Kafka at {settings.kafka_bootstrap_servers}")
-            break
+    # One broker of a cluster is enough to answer: the others' partitions have moved to it.
+    if not any(_answers(server) for server in settings.kafka_servers.split(",")):
+        away.append(f"Kafka at {settings.kafka_servers}")
     try:
         s3_filesystem(settings, timeout=PROBE_TIMEOUT_SECONDS).ls(settings.s3_bucket)
     except Exception:

@@ -63,7 +63,7 @@ def kafka_messages(spark: SparkSession, settings: Settings) -> DataFrame:
     timeout_ms = str(int(settings.spark_kafka_timeout_seconds * 1000))
     return (
         spark.readStream.format("kafka")
-        .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
+        .option("kafka.bootstrap.servers", settings.kafka_servers)
         .option("subscribe", settings.topic_purchased_item)
         # A new checkpoint starts from the oldest order Kafka still holds, never "from now".
         .option("startingOffsets", "earliest")

@@ -55,8 +55,7 @@ def preflight(settings: Settings) -> None:
         ensure_topics(settings, [settings.topic_purchased_item])
     except Exception as exc:
         raise LabError(
-            f"Kafka is not reachable at {settings.kafka_bootstrap_servers} ({exc}). "
-            "Run `task infra-up`."
+            f"Kafka is not reachable at {settings.kafka_servers} ({exc}). Run `task infra-up`."
         ) from exc
     try:
         found = s3_filesystem(settings).exists(settings.s3_bucket)

@@ -269,7 +269,7 @@ def open_consumer(settings: Settings) -> KafkaConsumer:
     """A consumer that keeps its offsets under the drain's group and commits only when told to."""
     try:
         return KafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
+            bootstrap_servers=settings.kafka_servers.split(","),
             group_id=settings.drain_group_id,
             client_id=f"{settings.drain_group_id}-{uuid.uuid4().hex[:8]}",
             enable_auto_commit=False,
@@ -281,7 +281,7 @@ def open_consumer(settings: Settings) -> KafkaConsumer:
         )
     except KafkaError as error:
         raise DrainError(
-            f"Kafka is not reachable at {settings.kafka_bootstrap_servers}, so nothing was "
+            f"Kafka is not reachable at {settings.kafka_servers}, so nothing was "
             "drained. Start the services with `task infra-up` (or check KAFKA_BOOTSTRAP_SERVERS)."
         ) from error
 
@@ -382,7 +382,7 @@ def _topic_incarnation(
     except Exception as error:
         raise DrainError(
             f"Topic {topic} does not exist or Kafka does not describe it at "
-            f"{settings.kafka_bootstrap_servers} ({error}). `task infra-up` starts Kafka and "
+            f"{settings.kafka_servers} ({error}). `task infra-up` starts Kafka and "
             "creates the lab's topics."
         ) from error
     known = store.known_topic_ids(topic, partitions)
@@ -434,7 +434,7 @@ def _drain(
     available = consumer.partitions_for_topic(topic)
     if not available:
         raise DrainError(
-            f"Topic {topic} does not exist on {settings.kafka_bootstrap_servers}. "
+            f"Topic {topic} does not exist on {settings.kafka_servers}. "
             "`task infra-up` creates the lab's topics."
         )
     wanted = sorted(available if partitions is None else set(partitions))

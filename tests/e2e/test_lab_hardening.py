@@ -103,7 +103,7 @@ def _airflow_healthy(settings: Settings) -> bool:
 
 def _end_offsets(settings: Settings, topic: str) -> int:
     """The sum of a topic's end offsets: how many records it has ever received."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "x"})
+    consumer = Consumer({"bootstrap.servers": settings.kafka_servers, "group.id": "x"})
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         return sum(

@@ -79,7 +79,13 @@ def test_compose_services_are_pinned_durable_and_restarted() -> None:
         assert service.get("restart") == "unless-stopped", f"{name} must come back by itself"
         assert "healthcheck" in service, f"{name} needs a health check"
         assert service.get("volumes"), f"{name} needs a named volume"
-    assert set(compose["volumes"]) == {"kafka-data", "mongo-data", "minio-data", "postgres-data"}
+    assert set(compose["volumes"]) == {
+        "kafka-data",
+        *(f"kafka-{node}-data" for node in (1, 2, 3)),
+        "mongo-data",
+        "minio-data",
+        "postgres-data",
+    }
 
 
 def test_env_example_lists_every_setting_with_its_default() -> None:
@@ -96,3 +102,73 @@ def test_settings_read_the_environment(monkeypatch: Any) -> None:
     s = Settings(_env_file=None)  # type: ignore[call-arg]
     assert s.kafka_port == 19092
     assert s.purchases_url == f"s3a://{s.s3_bucket}/elsewhere/"
+
+
+def test_three_brokers_derive_the_bootstrap_list_and_the_replication() -> None:
+    s = Settings.model_construct(kafka_bootstrap_servers="127.0.0.1:19092", kafka_brokers=3)
+    assert s.kafka_servers == "127.0.0.1:19092,127.0.0.1:19094,127.0.0.1:19096"
+    assert s.kafka_node_ports == [(19092, 9093), (19094, 9095), (19096, 9097)]
+    assert (s.kafka_replicas, s.kafka_min_insync_replicas) == (3, 2)
+    one = Settings.model_construct()
+    assert (one.kafka_servers, one.kafka_replicas, one.kafka_min_insync_replicas) == (
+        "127.0.0.1:9092",
+        1,
+        1,
+    )
+    # A cluster of other hosts is named as it is, never expanded.
+    listed = "kafka-a:9092,kafka-b:9092,kafka-c:9092"
+    assert Settings.model_construct(kafka_bootstrap_servers=listed).kafka_servers == listed
+
+
+def test_a_replication_factor_above_the_broker_count_is_refused_with_what_to_set(
+    monkeypatch: Any,
+) -> None:
+    import pydantic
+    import pytest
+
+    monkeypatch.setenv("KAFKA_REPLICATION_FACTOR", "3")
+    monkeypatch.setenv("KAFKA_BROKERS", "1")
+    with pytest.raises(pydantic.ValidationError, match="set KAFKA_BROKERS=3"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_each_local_node_is_a_voter_with_the_cluster_replication() -> None:
+    from app.infra.kafka import Kafka, kafka_nodes
+
+    single = Kafka(Settings.model_construct()).server_properties()
+    for line in (
+        "node.id=1",
+        "listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093",
+        "controller.quorum.bootstrap.servers=127.0.0.1:9093",
+        "offsets.topic.replication.factor=1",
+        "min.insync.replicas=1",
+    ):
+        assert line in single.splitlines()
+    nodes = kafka_nodes(Settings.model_construct(kafka_brokers=3))
+    assert [node.name for node in nodes] == ["kafka-1", "kafka-2", "kafka-3"]
+    assert len({node.data_dir for node in nodes}) == 3
+    second = nodes[1].server_properties().splitlines()
+    for line in (
+        "node.id=2",
+        "listeners=PLAINTEXT://127.0.0.1:9094,CONTROLLER://127.0.0.1:9095",
+        "controller.quorum.bootstrap.servers=127.0.0.1:9093,127.0.0.1:9095,127.0.0.1:9097",
+        "offsets.topic.replication.factor=3",
+        "min.insync.replicas=2",
+        "transaction.state.log.min.isr=2",
+    ):
+        assert line in second
+
+
+def test_compose_cluster_profile_publishes_the_local_mode_ports() -> None:
+    settings = Settings.model_construct(kafka_bootstrap_servers="127.0.0.1:19092", kafka_brokers=3)
+    environment = compose_environment(settings)
+    assert environment["COMPOSE_PROFILES"] == "kafka-cluster"
+    services = _compose(environment)["services"]
+    for node, (port, _) in enumerate(settings.kafka_node_ports, 1):
+        service = services[f"kafka-{node}"]
+        assert service["profiles"] == ["kafka-cluster"]
+        assert _published(service) == {port}
+        advertised = service["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+        assert advertised.startswith(f"PLAINTEXT://127.0.0.1:{port},")
+        assert service["environment"]["KAFKA_NODE_ID"] == node
+    assert services["kafka"]["profiles"] == ["kafka-single"]

@@ -17,12 +17,12 @@ def test_kafka_round_trip_on_both_topics(isolated_settings: Settings) -> None:
     s = isolated_settings
     for topic in (s.topic_user_events, s.topic_purchased_item):
         payload = f"smoke-{uuid.uuid4()}".encode()
-        producer = Producer({"bootstrap.servers": s.kafka_bootstrap_servers, "acks": "all"})
+        producer = Producer({"bootstrap.servers": s.kafka_servers, "acks": "all"})
         producer.produce(topic, key=b"user-1", value=payload)
         assert producer.flush(15) == 0
         consumer = Consumer(
             {
-                "bootstrap.servers": s.kafka_bootstrap_servers,
+                "bootstrap.servers": s.kafka_servers,
                 "group.id": f"smoke-{uuid.uuid4()}",
                 "auto.offset.reset": "earliest",
             }
@@ -41,12 +41,12 @@ def test_kafka_round_trip_on_both_topics(isolated_settings: Settings) -> None:
 def test_kafka_python_client_reads_what_it_wrote(isolated_settings: Settings) -> None:
     """The DAG uses kafka-python; check it against the same broker."""
     s = isolated_settings
-    producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers, acks="all")
+    producer = KafkaProducer(bootstrap_servers=s.kafka_servers, acks="all")
     producer.send(s.topic_user_events, key=b"k", value=b"kafka-python").get(timeout=15)
     producer.close()
     consumer = KafkaConsumer(
         s.topic_user_events,
-        bootstrap_servers=s.kafka_bootstrap_servers,
+        bootstrap_servers=s.kafka_servers,
         auto_offset_reset="earliest",
         consumer_timeout_ms=10000,
         group_id=None,

@@ -57,7 +57,7 @@ def make_orders(count: int, tag: str = "t") -> list[Purchase]:
 def produce(settings: Settings, messages: list[tuple[bytes | None, bytes | None]]) -> None:
     """Send (key, value) messages to the settings' purchases topic; fail on any delivery error."""
     producer = Producer(
-        {"bootstrap.servers": settings.kafka_bootstrap_servers, "linger.ms": 20, "acks": "all"}
+        {"bootstrap.servers": settings.kafka_servers, "linger.ms": 20, "acks": "all"}
     )
     errors: list[str] = []
 

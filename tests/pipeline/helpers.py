@@ -48,7 +48,7 @@ def expected_counts(events: Iterable[UserEvent]) -> dict[Pair, int]:
 
 def produce(settings: Settings, values: Iterable[bytes | None]) -> None:
     """Send raw values to the settings' UserEvents topic and wait until Kafka has them all."""
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "linger.ms": 20})
+    producer = Producer({"bootstrap.servers": settings.kafka_servers, "linger.ms": 20})
     for value in values:
         producer.produce(settings.topic_user_events, value)
         producer.poll(0)
@@ -67,7 +67,7 @@ def stored_counts(settings: Settings) -> dict[Pair, int]:
 def committed_offsets(settings: Settings) -> dict[int, int]:
     """The drain group's committed offset of each partition that has one."""
     consumer = Consumer(
-        {"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": settings.drain_group_id}
+        {"bootstrap.servers": settings.kafka_servers, "group.id": settings.drain_group_id}
     )
     try:
         partitions = [
@@ -82,7 +82,7 @@ def committed_offsets(settings: Settings) -> dict[int, int]:
 def commit_offsets(settings: Settings, offsets: dict[int, int]) -> None:
     """Commit `offsets` (partition -> offset) for the drain's group, as a group member would."""
     consumer = Consumer(
-        {"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": settings.drain_group_id}
+        {"bootstrap.servers": settings.kafka_servers, "group.id": settings.drain_group_id}
     )
     try:
         consumer.commit(

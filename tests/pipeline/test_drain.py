@@ -465,7 +465,7 @@ def test_retried_event_read_again_after_a_crash_is_still_counted_once(
 def delete_topic(settings: Settings) -> None:
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    admin = AdminClient({"bootstrap.servers": settings.kafka_servers})
     admin.delete_topics([settings.topic_user_events], operation_timeout=30)[
         settings.topic_user_events
     ].result()
