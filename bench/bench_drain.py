@@ -301,7 +301,7 @@ def bench_dag(base: Settings, backlog: int, users: int) -> None:
             )
         empty = timed_dag_run(settings)
         producer = Producer(
-            {"bootstrap.servers": settings.kafka_bootstrap_servers, "linger.ms": 20}
+            {"bootstrap.servers": settings.kafka_servers, "linger.ms": 20}
         )
         values = list(event_values(backlog, users, seed=4))
         for value in values:

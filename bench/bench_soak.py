@@ -159,7 +159,7 @@ def run_soak(settings: Settings, minutes: float) -> Soak:
     env_file.touch()
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "bootstrap.servers": settings.kafka_servers,
             "group.id": settings.drain_group_id,  # read, never joined
             "enable.auto.commit": False,
         }

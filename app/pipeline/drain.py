@@ -294,7 +294,7 @@ def partition_groups(settings: Settings) -> list[list[int]]:
     except Exception as error:
         raise DrainError(
             f"Topic {settings.topic_user_events} does not exist or Kafka does not describe it at "
-            f"{settings.kafka_bootstrap_servers} ({error}). `task infra-up` starts Kafka and "
+            f"{settings.kafka_servers} ({error}). `task infra-up` starts Kafka and "
             "creates the lab's topics."
         ) from error
     groups = min(settings.drain_parallelism, len(partitions))

@@ -327,7 +327,7 @@ def test_parallel_drains_on_their_own_partitions_count_exactly_through_a_crash(
     is stored once and counted once, and every partition is committed to its end."""
     events = make_events(3000)
     with pipeline_settings(lab_services, drain_parallelism=3, drain_batch_size=200) as settings:
-        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
+        producer = Producer({"bootstrap.servers": settings.kafka_servers})
         for n, event in enumerate(events):
             producer.produce(settings.topic_user_events, event.to_json_bytes(), partition=n % 3)
             if n % 10 == 0:  # the retry lands in the next partition
