@@ -300,9 +300,7 @@ def bench_dag(base: Settings, backlog: int, users: int) -> None:
                 f"airflow failed:\n{migrated.stdout[-3000:]}\n{migrated.stderr[-3000:]}"
             )
         empty = timed_dag_run(settings)
-        producer = Producer(
-            {"bootstrap.servers": settings.kafka_servers, "linger.ms": 20}
-        )
+        producer = Producer({"bootstrap.servers": settings.kafka_servers, "linger.ms": 20})
         values = list(event_values(backlog, users, seed=4))
         for value in values:
             producer.produce(settings.topic_user_events, value)
