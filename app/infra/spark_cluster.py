@@ -36,27 +36,28 @@ def spark_class() -> str:
     return str(Path(pyspark.__file__).parent / "bin" / "spark-class")
 
 
-def master_state(settings: Settings, timeout: float = 2.0) -> dict[str, Any]:
-    """The master's own view (`/json` of its UI): status, workers, applications."""
-    url = f"http://{HOST}:{settings.spark_cluster_master_ui_port}/json/"
-    with urllib.request.urlopen(url, timeout=timeout) as answer:
+def ui_state(port: int, timeout: float = 10.0) -> dict[str, Any]:
+    """What a master's or worker's web UI says of it (`/json`)."""
+    with urllib.request.urlopen(f"http://{HOST}:{port}/json/", timeout=timeout) as answer:
         state: dict[str, Any] = json.load(answer)
     return state
+
+
+def master_state(settings: Settings) -> dict[str, Any]:
+    """The master's own view: status, workers, applications."""
+    return ui_state(settings.spark_cluster_master_ui_port)
 
 
 class SparkDaemon(LocalService):
     """What the master and the worker share: spark-class, loopback, a small heap."""
 
-    start_timeout = 60.0
+    start_timeout = 90.0
+    role: str
 
     def describe(self) -> str:
         import pyspark
 
         return f"Spark {pyspark.__version__} standalone {self.role}"
-
-    @property
-    def role(self) -> str:
-        return self.name.removeprefix("spark-")
 
     def daemon_environment(self, options: str) -> dict[str, str]:
         return {
@@ -72,6 +73,7 @@ class SparkDaemon(LocalService):
 
 class SparkMaster(SparkDaemon):
     name = "spark-master"
+    role = "master"
 
     @property
     def port(self) -> int:
@@ -90,6 +92,7 @@ class SparkMaster(SparkDaemon):
                 *("--webui-port", str(self.settings.spark_cluster_master_ui_port)),
             ],
             env=self.daemon_environment("-Dspark.master.rest.enabled=false"),
+            cwd=self.data_dir,
         )
 
     def ready(self) -> bool:
@@ -98,6 +101,7 @@ class SparkMaster(SparkDaemon):
 
 class SparkWorker(SparkDaemon):
     name = "spark-worker"
+    role = "worker"
 
     @property
     def port(self) -> int:
@@ -134,6 +138,8 @@ class SparkWorker(SparkDaemon):
                 ),
                 "SPARK_LOCAL_DIRS": str(self.data_dir / "tmp"),
             },
+            # The executors work in `work_dir`: every JVM of the cluster runs in its data folder.
+            cwd=self.data_dir,
         )
 
     def ready(self) -> bool:
@@ -146,6 +152,11 @@ class SparkWorker(SparkDaemon):
             and worker.get("webuiaddress", "").endswith(f":{self.port}")
             for worker in state.get("workers", [])
         )
+
+    def executors(self) -> list[dict[str, Any]]:
+        """The executors the worker runs now, each with the id of its application (`appid`)."""
+        executors: list[dict[str, Any]] = ui_state(self.port)["executors"]
+        return executors
 
     def stop(self) -> bool:
         # The worker kills its executors on SIGTERM; any it could not are stopped here, so no
