@@ -167,6 +167,10 @@ class SparkWorker(SparkDaemon):
         for executor in executors:
             with contextlib.suppress(psutil.Error):
                 executor.kill()
+        # Each executor's copy of the connector jars (~650 MB) is of no use once it is gone,
+        # and the worker's own cleanup runs only while it runs; the executors' logs stay.
+        for jar in self.work_dir.glob("app-*/*/*.jar"):
+            jar.unlink(missing_ok=True)
         return stopped
 
 

@@ -75,6 +75,7 @@ def _kill_and_restart_the_worker(settings: Settings, tag: str, log: Path) -> Non
     orders = make_orders(ORDERS, "c")
     produce_orders(settings, orders)
     with spare_spark_cluster(settings, tag) as (master, worker):
+        assert master.start() == "already running"  # `spark-cluster-up` twice is harmless
         on_cluster = settings.model_copy(update={"spark_master": master.settings.spark_cluster_url})
         job = start_group([sys.executable, "-m", "app.lake"], job_environment(on_cluster), log)
         try:
