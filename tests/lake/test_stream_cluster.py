@@ -10,6 +10,8 @@ import sys
 import uuid
 from pathlib import Path
 
+import psutil  # type: ignore[import-untyped]  # no stubs installed
+
 from app.core.config import Settings
 from app.core.kafka import ensure_topics
 from app.lake.queries import sinks
@@ -85,10 +87,11 @@ def _kill_and_restart_the_worker(settings: Settings, tag: str, log: Path) -> Non
             assert worker.executors(), "files written but the worker runs no executor"
             # 2. The worker and its executors die at once, the batch half written.
             pid = worker.pid()
-            assert pid is not None
-            assert [p for p in cluster_processes([worker]) if p.pid != pid], "no executor JVM"
+            doomed = cluster_processes([worker])
+            assert pid is not None and [p for p in doomed if p.pid != pid], "no executor JVM"
             os.killpg(pid, signal.SIGKILL)
-            wait_for(lambda: not cluster_processes([worker]), "the worker's JVMs to be gone", 30)
+            # Until its last thread exits, a killed JVM still holds its ports.
+            assert not psutil.wait_procs(doomed, timeout=60)[1], "JVMs alive after SIGKILL"
             assert _in_flight(settings), "the kill should have cut a micro-batch short"
             assert job.poll() is None, log.read_text()[-3000:]
             # 3. A new worker: the master gives the waiting application a new executor, which
