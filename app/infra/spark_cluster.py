@@ -70,6 +70,24 @@ class SparkDaemon(LocalService):
     def install(self) -> None:
         tool("java", JAVA_HINT)
 
+    def stop(self) -> bool:
+        """Stop the daemon and what it started (the worker's executors, which it kills itself
+        on SIGTERM), and return once every one of those JVMs is gone: a JVM being killed holds
+        its ports until its last thread ends. psutil checks each is still the same process."""
+        pid = self.pid()
+        family: list[psutil.Process] = []
+        if pid is not None:
+            with contextlib.suppress(psutil.Error):
+                daemon = psutil.Process(pid)
+                family = [daemon, *daemon.children(recursive=True)]
+        stopped = super().stop()
+        alive = psutil.wait_procs(family, timeout=30)[1]
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        psutil.wait_procs(alive, timeout=10)
+        return stopped
+
 
 class SparkMaster(SparkDaemon):
     name = "spark-master"
@@ -159,14 +177,7 @@ class SparkWorker(SparkDaemon):
         return executors
 
     def stop(self) -> bool:
-        # The worker kills its executors on SIGTERM; any it could not are stopped here, so no
-        # executor JVM outlives the cluster. psutil checks each is still the same process.
-        pid = self.pid()
-        executors = psutil.Process(pid).children(recursive=True) if pid else []
         stopped = super().stop()
-        for executor in executors:
-            with contextlib.suppress(psutil.Error):
-                executor.kill()
         # Each executor's copy of the connector jars (~650 MB) is of no use once it is gone,
         # and the worker's own cleanup runs only while it runs; the executors' logs stay.
         for jar in self.work_dir.glob("app-*/*/*.jar"):
