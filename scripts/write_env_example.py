@@ -24,6 +24,7 @@ GROUPS = {
     "airflow_": "Airflow",
     "dag_": "Airflow",
     "drain_": "Drain task (Airflow task 1)",
+    "spark_cluster_": "Spark standalone cluster",
     "spark_": "Spark stream",
     "analysis_": "Analysis",
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import os
 import shutil
@@ -16,11 +17,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil  # type: ignore[import-untyped]  # no stubs installed
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from app.core.config import ROOT, Settings
 from app.core.kafka import ensure_topics
 from app.infra.kafka import Kafka
+from app.infra.spark_cluster import SparkDaemon, SparkMaster, SparkWorker
 from app.pipeline.store import EventStore
 
 
@@ -102,6 +105,62 @@ def spare_kafka(base: Settings, tag: str, **changes: Any) -> Iterator[SpareKafka
     """A started spare broker (a cluster of one); see `spare_kafka_cluster`."""
     with spare_kafka_cluster(base, tag, 1, **changes) as (broker,):
         yield broker
+
+
+class SpareSparkMaster(SparkMaster):
+    """A standalone master named `spark-master-<tag>`: files and data apart from the lab's."""
+
+    def __init__(self, settings: Settings, tag: str) -> None:
+        self.name = f"spark-master-{tag}"
+        super().__init__(settings)
+
+
+class SpareSparkWorker(SparkWorker):
+    def __init__(self, settings: Settings, tag: str) -> None:
+        self.name = f"spark-worker-{tag}"
+        super().__init__(settings)
+
+
+def cluster_processes(daemons: list[SparkDaemon]) -> list[psutil.Process]:
+    """Every process running in a daemon's data folder: the daemons and the worker's executors
+    (each works in a folder of the worker's)."""
+    folders = [str(daemon.data_dir) for daemon in daemons]
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            cwd = process.cwd()
+            if any(cwd == folder or cwd.startswith(f"{folder}/") for folder in folders):
+                found.append(process)
+    return found
+
+
+@contextmanager
+def spare_spark_cluster(base: Settings, tag: str) -> Iterator[tuple[SparkMaster, SparkWorker]]:
+    """A started standalone master and worker on free ports; their `settings` point at them
+    (`spark_cluster_url`). Stopped and wiped afterwards; fails if a JVM of theirs is left."""
+    settings = base.model_copy(
+        update={
+            "spark_cluster_master_port": free_port(),
+            "spark_cluster_master_ui_port": free_port(),
+            "spark_cluster_worker_ui_port": free_port(),
+            "spark_cluster_daemon_memory": "256m",
+        }
+    )
+    master, worker = SpareSparkMaster(settings, tag), SpareSparkWorker(settings, tag)
+    try:
+        master.start()
+        worker.start()
+        yield master, worker
+    finally:
+        worker.stop()
+        master.stop()
+        left = cluster_processes([master, worker])
+        for process in left:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        for daemon in (master, worker):
+            shutil.rmtree(daemon.data_dir, ignore_errors=True)
+        assert not left, f"JVMs of the Spark cluster outlived its stop: {left}"
 
 
 def read_topic(settings: Settings, topic: str) -> list[Message]:

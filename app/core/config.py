@@ -142,6 +142,27 @@ class Settings(BaseSettings):
     # A stream's claim on an S3 checkpoint lapses this long after its last renewal.
     spark_writer_lease_seconds: float = Field(default=60.0, ge=5)
     spark_driver_memory: str = "1g"
+    # The address executors reach the driver at (and the driver's ports bind to): loopback for
+    # the lab; the host's own address when the executors run on other hosts.
+    spark_driver_host: str = "127.0.0.1"
+    # Per application on a cluster (`SPARK_MASTER=spark://...`): at most this many cores, so
+    # the stream and `task analyze` share one worker instead of the first taking all of it.
+    spark_cores_max: int = Field(default=1, ge=1)
+    spark_executor_memory: str = "1g"
+    # The Python the executors run (UDFs, Python workers). Empty: the driver's own interpreter,
+    # i.e. the venv's; on other hosts, the path of a Python with the same packages there.
+    spark_executor_python: str = ""
+
+    # Spark standalone cluster (`task spark-cluster-up`): a master and one worker on loopback,
+    # started from the pyspark installation; the stream joins it with SPARK_MASTER=spark://...
+    spark_cluster_master_port: int = 7077
+    spark_cluster_master_ui_port: int = 8081
+    spark_cluster_worker_ui_port: int = 8082
+    # Sized for a 2-core laptop: two applications of one core and 1 GiB each.
+    spark_cluster_worker_cores: int = Field(default=2, ge=1)
+    spark_cluster_worker_memory: str = "2g"
+    # The heap of the master and worker daemons themselves (they only schedule).
+    spark_cluster_daemon_memory: str = "512m"
 
     @field_validator("s3_purchases_prefix", "s3_quarantine_prefix")
     @classmethod
@@ -212,6 +233,11 @@ class Settings(BaseSettings):
     @property
     def s3_port(self) -> int:
         return int(self.s3_endpoint_url.rsplit(":", 1)[1].rstrip("/"))
+
+    @property
+    def spark_cluster_url(self) -> str:
+        """The master URL of the lab's standalone cluster, for SPARK_MASTER."""
+        return f"spark://127.0.0.1:{self.spark_cluster_master_port}"
 
     @property
     def purchases_url(self) -> str:

@@ -1,5 +1,8 @@
 """`python -m app.infra up|down|status|doctor`: the lab's four services, with or without Docker.
 
+`spark-cluster-up|spark-cluster-down|spark-cluster-status`: the optional Spark standalone cluster
+(`app.infra.spark_cluster`), always local processes.
+
 `up` picks Docker Compose when a Docker engine answers and local processes otherwise
 (`LAB_INFRA_MODE=docker|local` forces one), waits for every service, then bootstraps topics,
 bucket, indexes and tables. It is idempotent: services already up are left alone.
@@ -22,8 +25,9 @@ from app.core.config import ROOT, Settings, get_settings
 from app.core.errors import LabError
 from app.core.process import InfraError, port_open, run
 from app.infra.kafka import other_kafka_nodes
-from app.infra.service import HOST
+from app.infra.service import HOST, LocalService
 from app.infra.services import local_services
+from app.infra.spark_cluster import cluster, cluster_down, cluster_up
 
 COMPOSE_FILE = ROOT / "infra" / "compose.yml"
 # The compose profile that runs Kafka, by KAFKA_BROKERS.
@@ -203,28 +207,50 @@ def status_rows(settings: Settings) -> list[dict[str, object]]:
             )
         return rows
     for service in local_services(settings):
-        pid = service.pid()
-        rows.append(
-            {
-                "service": service.name,
-                "mode": f"local: {service.describe()}",
-                "state": "up" if pid and port_open(HOST, service.port) else "down",
-                "pid": pid,
-                "port": service.port,
-                "log": str(service.files.log),
-            }
-        )
+        rows.append(local_row(service))
     return rows
 
 
-def status(settings: Settings) -> None:
-    for row in status_rows(settings):
+def local_row(service: LocalService) -> dict[str, object]:
+    pid = service.pid()
+    return {
+        "service": service.name,
+        "mode": f"local: {service.describe()}",
+        "state": "up" if pid and port_open(HOST, service.port) else "down",
+        "pid": pid,
+        "port": service.port,
+        "log": str(service.files.log),
+    }
+
+
+def spark_cluster_rows(settings: Settings) -> list[dict[str, object]]:
+    """The standalone cluster's daemons; a worker counts as up once the master lists it."""
+    rows = []
+    for daemon in cluster(settings):
+        row = local_row(daemon)
+        if row["state"] == "up":
+            try:
+                registered = daemon.ready()
+            except OSError:  # the master's UI does not answer (yet)
+                registered = False
+            row["state"] = "up" if registered else "starting"
+        rows.append(row)
+    return rows
+
+
+def _print_rows(rows: list[dict[str, object]]) -> None:
+    for row in rows:
         pid = f"pid {row['pid']}" if row.get("pid") else ""
         port = f"port {row['port']}" if row.get("port") else ""
         print(
-            f"{row['service']!s:<9} {row['state']!s:<5} {pid:<10} {port:<10} "
+            f"{row['service']!s:<12} {row['state']!s:<8} {pid:<10} {port:<10} "
             f"{row['mode']!s:<48} {row['log']}"
         )
+
+
+def status(settings: Settings) -> None:
+    """The four services, then the (optional) Spark standalone cluster."""
+    _print_rows(status_rows(settings) + spark_cluster_rows(settings))
 
 
 def _check(ok: bool, label: str, advice: str) -> bool:
@@ -315,7 +341,18 @@ def doctor(settings: Settings) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.infra", description=__doc__)
     parser.add_argument(
-        "command", choices=["install", "up", "down", "status", "doctor", "bootstrap"]
+        "command",
+        choices=[
+            "install",
+            "up",
+            "down",
+            "status",
+            "doctor",
+            "bootstrap",
+            "spark-cluster-up",
+            "spark-cluster-down",
+            "spark-cluster-status",
+        ],
     )
     args = parser.parse_args(argv)
     settings = get_settings()
@@ -328,6 +365,12 @@ def main(argv: list[str] | None = None) -> int:
             down(settings)
         elif args.command == "status":
             status(settings)
+        elif args.command == "spark-cluster-up":
+            print("\n".join(cluster_up(settings)))
+        elif args.command == "spark-cluster-down":
+            print("\n".join(cluster_down(settings)))
+        elif args.command == "spark-cluster-status":
+            _print_rows(spark_cluster_rows(settings))
         elif args.command == "bootstrap":
             from app.infra.bootstrap import bootstrap
 

@@ -12,6 +12,7 @@ No S3A committer is configured on purpose: the streaming file sink does not rena
 from __future__ import annotations
 
 import os
+import sys
 from urllib.parse import urlparse
 
 from pyspark.sql import SparkSession
@@ -45,6 +46,18 @@ def s3a_options(settings: Settings) -> dict[str, str]:
     }
 
 
+def cluster_options(settings: Settings) -> dict[str, str]:
+    """Where executors find the driver, and each application's share of a cluster (ignored by
+    `local[*]`). The connector jars of `spark.jars` are served by the driver to every executor."""
+    return {
+        # The lab runs on loopback; don't depend on the host name resolving.
+        "spark.driver.host": settings.spark_driver_host,
+        "spark.driver.bindAddress": settings.spark_driver_host,
+        "spark.cores.max": str(settings.spark_cores_max),
+        "spark.executor.memory": settings.spark_executor_memory,
+    }
+
+
 def build_spark_session(
     settings: Settings,
     app_name: str,
@@ -74,14 +87,14 @@ def build_spark_session(
         # The UI's kill links would let anyone who reaches the port stop the stream.
         .config("spark.ui.killEnabled", "false")
     )
-    if master.startswith("local"):
-        # The web UI binds SPARK_LOCAL_IP, else every interface (spark.driver.bindAddress does
-        # not apply to it); the JVM that getOrCreate starts inherits this environment.
-        os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
-        # The lab runs on loopback; don't depend on the host name resolving.
-        builder = builder.config("spark.driver.host", "127.0.0.1").config(
-            "spark.driver.bindAddress", "127.0.0.1"
-        )
+    for key, value in cluster_options(settings).items():
+        builder = builder.config(key, value)
+    # The web UI binds SPARK_LOCAL_IP, else every interface (spark.driver.bindAddress does not
+    # apply to it); the JVM that getOrCreate starts inherits this environment.
+    os.environ["SPARK_LOCAL_IP"] = settings.spark_driver_host
+    # The executors run the Python that pyspark names in PYSPARK_PYTHON (else `python3` on
+    # their PATH, without the lab's packages): the venv's, unless set for other hosts.
+    os.environ["PYSPARK_PYTHON"] = settings.spark_executor_python or sys.executable
     for key, value in s3a_options(settings).items():
         builder = builder.config(f"spark.hadoop.{key}", value)
     spark = builder.getOrCreate()
