@@ -21,10 +21,11 @@ from pydantic.json_schema import models_json_schema
 
 from app import schemas
 from app.api.errors import ApiError, ErrorBody
+from app.api.fast_path import ExceptionHandler, IngestFastPath
 from app.api.ingest import ClientGone
 from app.api.metrics import ApiMetrics, MetricsMiddleware
 from app.api.producer import KafkaUnavailable, RecordProducer
-from app.api.routes import Ingest, ingest_router
+from app.api.routes import Ingest, ingest_router, ingest_routes
 from app.api.validation import BodyValidator
 from app.core.config import Settings, get_settings
 from app.schemas import Purchase, UserEvent
@@ -88,18 +89,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    app.include_router(ingest_router(Ingest(settings, producer, validator, metrics)))
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    router = ingest_router(Ingest(settings, producer, validator, metrics))
+    app.include_router(router)
 
     async def client_gone(request: Request, _exc: Exception) -> Response:
         """Not a bug, nobody to answer: count it (the answer is dropped by the server)."""
         metrics.client_disconnects.labels(request.scope["route"].path).inc()
         return Response(status_code=CLIENT_CLOSED_REQUEST)
 
-    app.add_exception_handler(ClientGone, client_gone)
-    app.add_exception_handler(ApiError, _refused)
-    app.add_exception_handler(KafkaUnavailable, _kafka_unavailable)
-    app.add_exception_handler(Exception, _unexpected)
+    handlers: dict[type[Exception], ExceptionHandler] = {
+        ClientGone: client_gone,
+        ApiError: _refused,
+        KafkaUnavailable: _kafka_unavailable,
+        Exception: _unexpected,
+    }
+    for exception, handler in handlers.items():
+        app.add_exception_handler(exception, handler)
+    # Added last, so outermost: the metrics see the fast path's answers too.
+    app.add_middleware(IngestFastPath, routes=ingest_routes(router), handlers=handlers)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.openapi = _openapi_with_records(app.openapi)  # type: ignore[method-assign]
     return app
 
