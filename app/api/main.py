@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -28,6 +30,7 @@ from app.api.producer import KafkaUnavailable, RecordProducer
 from app.api.routes import Ingest, ingest_router, ingest_routes
 from app.api.validation import BodyValidator
 from app.core.config import Settings, get_settings
+from app.core.process import when_parent_exits
 from app.schemas import Purchase, UserEvent
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         producer.start()
         validator.start()
+        # One of the server processes of `python -m app.api` (or its reloader's): stop as on
+        # Ctrl-C when that parent is gone, even killed, rather than serve on unsupervised.
+        when_parent_exits(lambda: os.kill(os.getpid(), signal.SIGTERM))
         loop_probe = asyncio.get_running_loop().create_task(metrics.probe_event_loop())
         # Objects alive at startup live as long as the process: keep them out of the garbage
         # collector's full passes, and collect the young generation less often (requests that
@@ -80,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             loop_probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loop_probe
-            await validator.close()
+            validator.close()
             await producer.close()
 
     app = FastAPI(

@@ -9,15 +9,24 @@
 - connections: from `API_MAX_CONNECTIONS` open connections (or requests in progress) on, new
   requests get uvicorn's 503;
 - stop: requests in progress get `API_GRACEFUL_SHUTDOWN_SECONDS` to finish.
+
+Without live reload, `API_WORKERS` server processes (default: one per core) share the port:
+one Python process tops out at one core. uvicorn's supervisor restarts a worker that dies; a
+worker whose supervisor is gone stops (`app.api.main`). Their metrics are summed at `/metrics`
+(prometheus_client's multiprocess mode, in a directory that lives as long as the supervisor).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import tempfile
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from app.api.metrics import METRICS_DIRECTORY_VARIABLE
 from app.core.config import ROOT, Settings
 
 
@@ -63,6 +72,16 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
 def serve(settings: Settings, reload: bool) -> None:
     """Run the API on the configured host and port until stopped (reloading on code changes)."""
+    workers = 1 if reload else settings.api_worker_count
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="lab-api-metrics-"))
+            # Read by prometheus_client in each worker (spawned: they inherit the environment).
+            os.environ[METRICS_DIRECTORY_VARIABLE] = directory
+        _run(settings, reload, workers)
+
+
+def _run(settings: Settings, reload: bool, workers: int) -> None:
     uvicorn.run(
         "app.api.main:create_app",
         factory=True,
@@ -70,6 +89,7 @@ def serve(settings: Settings, reload: bool) -> None:
         port=settings.api_port,
         reload=reload,
         reload_dirs=[str(ROOT / "app")],
+        workers=workers,
         http=HeaderDeadlineProtocol,
         timeout_keep_alive=settings.api_header_timeout_seconds,
         limit_concurrency=settings.api_max_connections,
