@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     # Server processes sharing the port (`python -m app.api` without live reload; reloading
     # serves one). 0: one per CPU core. Each has its own Kafka producer and validation workers.
     api_workers: int = Field(default=0, ge=0)
+    # `python -m app.api` reloads on code changes under app/ (development); false, or the
+    # command's `--no-reload`, serves API_WORKERS processes instead (a load test, a soak).
+    api_reload: bool = True
     api_max_batch: int = Field(default=1000, ge=1)
     # The largest legitimate request: 1,000 orders of 10 product lines each (the generator's
     # have 1-4) take 1.1 MB as json.dumps writes them; 2 MiB leaves room for long ids and indents.
