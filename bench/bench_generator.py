@@ -18,6 +18,7 @@ The generator shares the machine with the API and the broker, so its rate is bou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import subprocess
@@ -63,6 +64,22 @@ def produced_events(settings: Settings) -> float:
     return float(match.group(1)) if match else 0.0
 
 
+class CpuSeen:
+    """CPU seconds of a process tree, each process counted at its last sample: its processes
+    end one by one, and a sum over the living ones would fall."""
+
+    def __init__(self, root: psutil.Process) -> None:
+        self.root = root
+        self.by_pid: dict[int, float] = {}
+
+    def sample(self) -> float:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for member in [self.root, *self.root.children(recursive=True)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    self.by_pid[member.pid] = sum(member.cpu_times()[:2])
+        return sum(self.by_pid.values())
+
+
 def run_generator(
     settings: Settings, processes: int, seconds: float, concurrency: int
 ) -> tuple[float, float, int]:
@@ -76,21 +93,20 @@ def run_generator(
     generator = subprocess.Popen(
         command, cwd=ROOT, env=os.environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    tree = psutil.Process(generator.pid)
+    seen = CpuSeen(psutil.Process(generator.pid))
     time.sleep(WARM_UP_SECONDS)  # processes spawned, shop built, connections open
-    first, started, cpu_first = produced_events(settings), time.perf_counter(), tree_cpu(tree)
-    # Sample until the generator stops sending (its last tick may run past --duration); the
-    # CPU is read while events still flow, so before its processes exit.
+    first, started, cpu_first = produced_events(settings), time.perf_counter(), seen.sample()
+    # Sample until the generator stops sending (its last tick may run past --duration).
     last, ended, cpu_last = first, started, cpu_first
     while generator.poll() is None:
         time.sleep(0.5)
-        now, cpu = produced_events(settings), tree_cpu(tree)
+        now, cpu = produced_events(settings), seen.sample()
         if now > last:
             last, ended, cpu_last = now, time.perf_counter(), cpu
     _, errors = generator.communicate()
     if generator.returncode != 0:
         print(errors.decode(errors="replace")[-2000:], file=sys.stderr)
-    if last == first or cpu_first is None or cpu_last is None:
+    if last == first:
         return 0.0, 0.0, generator.returncode or 1
     return (
         (last - first) / (ended - started),
