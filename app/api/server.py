@@ -13,16 +13,18 @@
 Without live reload, `API_WORKERS` server processes (default: one per core) share the port:
 one Python process tops out at one core. uvicorn's supervisor restarts a worker that dies; a
 worker whose supervisor is gone stops (`app.api.main`). Their metrics are summed at `/metrics`
-(prometheus_client's multiprocess mode, in a directory that lives as long as the supervisor).
+(prometheus_client's multiprocess mode, in a directory of `<lab_home>/run/api-metrics/` that
+lives as long as the supervisor).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import tempfile
+import shutil
+from pathlib import Path
 
+import psutil  # type: ignore[import-untyped]  # no stubs installed
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -73,12 +75,29 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 def serve(settings: Settings, reload: bool) -> None:
     """Run the API on the configured host and port until stopped (reloading on code changes)."""
     workers = 1 if reload else settings.api_worker_count
-    with contextlib.ExitStack() as stack:
-        if workers > 1:
-            directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="lab-api-metrics-"))
-            # Read by prometheus_client in each worker (spawned: they inherit the environment).
-            os.environ[METRICS_DIRECTORY_VARIABLE] = directory
+    if workers == 1:
         _run(settings, reload, workers)
+        return
+    directory = _metrics_directory(settings)
+    # Read by prometheus_client in each worker (spawned: they inherit the environment).
+    os.environ[METRICS_DIRECTORY_VARIABLE] = str(directory)
+    try:
+        _run(settings, reload, workers)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _metrics_directory(settings: Settings) -> Path:
+    """A new, empty directory for this API's metric files, named by its pid under
+    `<lab_home>/run/api-metrics/`; those of APIs no longer running (killed) are removed."""
+    root = settings.lab_home / "run" / "api-metrics"
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.iterdir():
+        if not (old.name.isdigit() and psutil.pid_exists(int(old.name))):
+            shutil.rmtree(old, ignore_errors=True)
+    directory = root / str(os.getpid())
+    directory.mkdir()
+    return directory
 
 
 def _run(settings: Settings, reload: bool, workers: int) -> None:
