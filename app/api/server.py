@@ -75,6 +75,9 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 def serve(settings: Settings, reload: bool) -> None:
     """Run the API on the configured host and port until stopped (reloading on code changes)."""
     workers = 1 if reload else settings.api_worker_count
+    # Read by each server process's settings: how many serve (live reload serves one), to
+    # share out the validation workers.
+    os.environ["API_WORKERS"] = str(workers)
     if workers == 1:
         _run(settings, reload, workers)
         return

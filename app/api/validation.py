@@ -64,7 +64,7 @@ class BodyValidator:
 
     def __init__(self, settings: Settings) -> None:
         self.parser = RecordParser(settings.api_max_batch)
-        self.workers = settings.api_validation_workers
+        self.workers = settings.api_validation_workers_per_process
         self._pool: ProcessPoolExecutor | None = None
 
     def _new_pool(self) -> ProcessPoolExecutor:

