@@ -1,7 +1,8 @@
 """`python -m app.api`: serve the ingest API with uvicorn on the configured host and port.
 
-Reloads on code changes under `app/` (the Procfile's development mode); `--no-reload` serves
-one plain worker, as the benchmark and the tests do.
+Reloads on code changes under `app/` (the Procfile's development mode, one server process);
+`--no-reload` or `API_RELOAD=false` serves `API_WORKERS` processes (default one per core), as
+the benchmark and the tests do.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ def main(argv: list[str] | None = None) -> None:
         "--no-reload", action="store_true", help="do not watch app/ for code changes"
     )
     args = parser.parse_args(argv)
-    serve(get_settings(), reload=not args.no_reload)
+    settings = get_settings()
+    serve(settings, reload=settings.api_reload and not args.no_reload)
 
 
 if __name__ == "__main__":

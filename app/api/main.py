@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,12 +23,14 @@ from pydantic.json_schema import models_json_schema
 
 from app import schemas
 from app.api.errors import ApiError, ErrorBody
+from app.api.fast_path import ExceptionHandler, IngestFastPath
 from app.api.ingest import ClientGone
 from app.api.metrics import ApiMetrics, MetricsMiddleware
 from app.api.producer import KafkaUnavailable, RecordProducer
-from app.api.routes import Ingest, ingest_router
+from app.api.routes import Ingest, ingest_router, ingest_routes
 from app.api.validation import BodyValidator
 from app.core.config import Settings, get_settings
+from app.core.process import when_parent_exits
 from app.schemas import Purchase, UserEvent
 
 log = logging.getLogger(__name__)
@@ -67,6 +71,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         producer.start()
         validator.start()
+        # One of the server processes of `python -m app.api` (or its reloader's): stop as on
+        # Ctrl-C when that parent is gone, even killed, rather than serve on unsupervised.
+        when_parent_exits(lambda: os.kill(os.getpid(), signal.SIGTERM))
         loop_probe = asyncio.get_running_loop().create_task(metrics.probe_event_loop())
         # Objects alive at startup live as long as the process: keep them out of the garbage
         # collector's full passes, and collect the young generation less often (requests that
@@ -79,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             loop_probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loop_probe
-            await validator.close()
+            validator.close()
             await producer.close()
 
     app = FastAPI(
@@ -88,18 +95,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    app.include_router(ingest_router(Ingest(settings, producer, validator, metrics)))
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    router = ingest_router(Ingest(settings, producer, validator, metrics))
+    app.include_router(router)
 
     async def client_gone(request: Request, _exc: Exception) -> Response:
         """Not a bug, nobody to answer: count it (the answer is dropped by the server)."""
         metrics.client_disconnects.labels(request.scope["route"].path).inc()
         return Response(status_code=CLIENT_CLOSED_REQUEST)
 
-    app.add_exception_handler(ClientGone, client_gone)
-    app.add_exception_handler(ApiError, _refused)
-    app.add_exception_handler(KafkaUnavailable, _kafka_unavailable)
-    app.add_exception_handler(Exception, _unexpected)
+    handlers: dict[type[Exception], ExceptionHandler] = {
+        ClientGone: client_gone,
+        ApiError: _refused,
+        KafkaUnavailable: _kafka_unavailable,
+        Exception: _unexpected,
+    }
+    for exception, handler in handlers.items():
+        app.add_exception_handler(exception, handler)
+    # Added last, so outermost: the metrics see the fast path's answers too.
+    app.add_middleware(IngestFastPath, routes=ingest_routes(router), handlers=handlers)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.openapi = _openapi_with_records(app.openapi)  # type: ignore[method-assign]
     return app
 

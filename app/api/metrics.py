@@ -4,6 +4,10 @@ Each app gets its own registry, so several apps in one process (tests) never col
 counted by route template (not raw path, which would let any client create label values). A
 request whose client hung up before its body arrived is counted with status 499 (nginx's
 "client closed request"), and in `api_client_disconnects`.
+
+When the API runs as several server processes (`API_WORKERS`), prometheus_client keeps each
+process's values in a file of the directory named by `PROMETHEUS_MULTIPROC_DIR`, and `/metrics`,
+whichever process answers it, sums them: the figures are the whole API's.
 """
 
 from __future__ import annotations
@@ -11,12 +15,16 @@ from __future__ import annotations
 import asyncio
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["CONTENT_TYPE_LATEST", "ApiMetrics", "MetricsMiddleware"]
+__all__ = ["CONTENT_TYPE_LATEST", "METRICS_DIRECTORY_VARIABLE", "ApiMetrics", "MetricsMiddleware"]
+
+# Set by `python -m app.api` for its server processes; prometheus_client reads it at import.
+METRICS_DIRECTORY_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # The event-loop probe sleeps this long, 20 times a second, and records how late it wakes.
@@ -67,7 +75,12 @@ class ApiMetrics:
         )
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The metrics in the text format: this process's, or every server process's summed."""
+        if not values.ValueClass._multiprocess:
+            return generate_latest(self.registry)
+        summed = CollectorRegistry()
+        MultiProcessCollector(summed)  # type: ignore[no-untyped-call]
+        return generate_latest(summed)
 
     async def probe_event_loop(self) -> None:
         """Record the event loop's lag, for as long as the app runs (its lifespan's task)."""

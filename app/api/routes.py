@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 from app.api.errors import ErrorBody
@@ -186,6 +187,15 @@ def ingest_router(ingest: Ingest) -> APIRouter:
         return Response(ingest.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return router
+
+
+def ingest_routes(router: APIRouter) -> list[APIRoute]:
+    """The two routes that store records: the hot path (see `app.api.fast_path`)."""
+    return [
+        route
+        for route in router.routes
+        if isinstance(route, APIRoute) and route.path in ("/SendEvent", "/PurchasedItems")
+    ]
 
 
 async def _kafka_problem(ingest: Ingest) -> str | None:

@@ -9,15 +9,26 @@
 - connections: from `API_MAX_CONNECTIONS` open connections (or requests in progress) on, new
   requests get uvicorn's 503;
 - stop: requests in progress get `API_GRACEFUL_SHUTDOWN_SECONDS` to finish.
+
+Without live reload, `API_WORKERS` server processes (default: one per core) share the port:
+one Python process tops out at one core. uvicorn's supervisor restarts a worker that dies; a
+worker whose supervisor is gone stops (`app.api.main`). Their metrics are summed at `/metrics`
+(prometheus_client's multiprocess mode, in a directory of `<lab_home>/run/api-metrics/` that
+lives as long as the supervisor).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+from pathlib import Path
 
+import psutil  # type: ignore[import-untyped]  # no stubs installed
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from app.api.metrics import METRICS_DIRECTORY_VARIABLE
 from app.core.config import ROOT, Settings
 
 
@@ -63,6 +74,36 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
 def serve(settings: Settings, reload: bool) -> None:
     """Run the API on the configured host and port until stopped (reloading on code changes)."""
+    workers = 1 if reload else settings.api_worker_count
+    # Read by each server process's settings: how many serve (live reload serves one), to
+    # share out the validation workers.
+    os.environ["API_WORKERS"] = str(workers)
+    if workers == 1:
+        _run(settings, reload, workers)
+        return
+    directory = _metrics_directory(settings)
+    # Read by prometheus_client in each worker (spawned: they inherit the environment).
+    os.environ[METRICS_DIRECTORY_VARIABLE] = str(directory)
+    try:
+        _run(settings, reload, workers)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _metrics_directory(settings: Settings) -> Path:
+    """A new, empty directory for this API's metric files, named by its pid under
+    `<lab_home>/run/api-metrics/`; those of APIs no longer running (killed) are removed."""
+    root = settings.lab_home / "run" / "api-metrics"
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.iterdir():
+        if not (old.name.isdigit() and psutil.pid_exists(int(old.name))):
+            shutil.rmtree(old, ignore_errors=True)
+    directory = root / str(os.getpid())
+    directory.mkdir()
+    return directory
+
+
+def _run(settings: Settings, reload: bool, workers: int) -> None:
     uvicorn.run(
         "app.api.main:create_app",
         factory=True,
@@ -70,6 +111,7 @@ def serve(settings: Settings, reload: bool) -> None:
         port=settings.api_port,
         reload=reload,
         reload_dirs=[str(ROOT / "app")],
+        workers=workers,
         http=HeaderDeadlineProtocol,
         timeout_keep_alive=settings.api_header_timeout_seconds,
         limit_concurrency=settings.api_max_connections,

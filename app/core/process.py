@@ -9,13 +9,16 @@ recycled pid is never signalled.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]  # no stubs installed
@@ -144,6 +147,21 @@ def stop_process(
             os.killpg(pid, signal.SIGKILL)
         time.sleep(0.5)
     files.pid.unlink(missing_ok=True)
+    return True
+
+
+def when_parent_exits(action: Callable[[], None]) -> bool:
+    """Call `action` (on a thread of its own) once this process's multiprocessing parent is
+    gone, even killed with no time to stop its children; False if there is no such parent."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return False
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        action()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
     return True
 
 

@@ -8,12 +8,15 @@ concurrency), the tick is reported as an overrun and the next one starts at once
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import IO
 
-import httpx
+import aiohttp
 
 from app.generator.crowd import Crowd
 from app.generator.sender import Sender, Tally
@@ -44,12 +47,23 @@ class Progress:
     last_status: float = 0.0
 
 
-class Console:
-    """Status line and messages: one rewritten line on a terminal, a line per 10 s in a log."""
+@dataclass
+class Outcome:
+    """A finished run: every record's fate, the ticks, and whether it was stopped early."""
 
-    def __init__(self, out: IO[str], err: IO[str]) -> None:
+    tally: Tally
+    progress: Progress
+    interrupted: bool
+
+
+class Console:
+    """Status line and messages: one rewritten line on a terminal, a line per 10 s in a log.
+    `name` prefixes messages (`generator`, or `generator 2/4` for one of several processes)."""
+
+    def __init__(self, out: IO[str], err: IO[str], name: str = "generator") -> None:
         self.out = out
         self.err = err
+        self.name = name
         self.interactive = out.isatty()
         self._line_open = False
 
@@ -61,7 +75,7 @@ class Console:
 
     def message(self, text: str) -> None:
         self._close_line()
-        self.err.write(f"generator: {text}\n")
+        self.err.write(f"{self.name}: {text}\n")
         self.err.flush()
 
     def status(self, text: str, ticks: int) -> None:
@@ -111,19 +125,20 @@ async def run(
     crowd: Crowd,
     console: Console,
     record_file: IO[bytes] | None = None,
-) -> Tally:
-    """Generate and send ticks until the count or duration is reached or the task is cancelled."""
+    summary: bool = True,
+) -> Outcome:
+    """Generate and send ticks until the count or duration is reached or the task is cancelled;
+    print the summary unless `summary` is false (one of several processes: the parent sums)."""
     progress = Progress(started=time.monotonic())
     progress.last_status = progress.started
     interrupted = False
-    limits = httpx.Limits(
-        max_connections=options.concurrency, max_keepalive_connections=options.concurrency
-    )
-    async with httpx.AsyncClient(
-        base_url=options.url, limits=limits, timeout=options.request_timeout
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=options.concurrency),
+        timeout=aiohttp.ClientTimeout(total=options.request_timeout),
     ) as client:
         sender = Sender(
             client,
+            options.url,
             concurrency=options.concurrency,
             max_batch=options.max_batch,
             retry_seconds=options.retry_seconds,
@@ -152,8 +167,48 @@ async def run(
         except asyncio.CancelledError:
             interrupted = True
         finally:
-            console.summary(summary_lines(sender.tally, progress, time.monotonic(), interrupted))
-    return sender.tally
+            if summary:
+                console.summary(
+                    summary_lines(sender.tally, progress, time.monotonic(), interrupted)
+                )
+    return Outcome(sender.tally, progress, interrupted)
+
+
+def run_until_signal(
+    options: RunOptions,
+    seed: int | None,
+    console: Console,
+    record_path: Path | None,
+    summary: bool = True,
+) -> Outcome:
+    """`run` in an event loop of its own until it ends, Ctrl-C or SIGTERM (honcho stopping the
+    lab), appending the acknowledged records to `record_path` if given."""
+    with contextlib.ExitStack() as stack:
+        record_file = stack.enter_context(record_path.open("ab")) if record_path else None
+        return asyncio.run(_until_signal(options, Crowd(seed), console, record_file, summary))
+
+
+async def _until_signal(
+    options: RunOptions,
+    crowd: Crowd,
+    console: Console,
+    record_file: IO[bytes] | None,
+    summary: bool,
+) -> Outcome:
+    task = asyncio.create_task(run(options, crowd, console, record_file, summary))
+    stopping = False
+
+    def stop() -> None:
+        # Once: Ctrl-C may reach a process twice (its group, and a parent passing it on).
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            task.cancel()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop)
+    return await task
 
 
 def _done(options: RunOptions, progress: Progress) -> bool:

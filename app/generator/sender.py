@@ -7,18 +7,22 @@ backoff (honouring `Retry-After`) for up to `retry_seconds`; records that still 
 as failed and reported, a 4xx is counted as rejected and reported with the API's reason. So
 every record built ends in exactly one of: accepted, rejected, failed, or (when the run is
 stopped) interrupted mid-request or never sent.
+
+The client is aiohttp: measured against the API, about 0.3 ms of CPU per request where httpx's
+async client took 4-5 ms, which had capped a generator process near 500 requests/s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
-import httpx
+import aiohttp
 
 from app.generator.crowd import Session
 from app.schemas import Purchase, Record, UserEvent
@@ -46,13 +50,24 @@ class Tally:
     def unsent(self) -> int:
         return self.generated - self.sent
 
+    def __add__(self, other: Tally) -> Tally:
+        """Both processes' counts together."""
+        summed = Tally(problems=self.problems + other.problems)
+        for name in COUNTS:
+            setattr(summed, name, getattr(self, name) + getattr(other, name))
+        return summed
+
+
+COUNTS = ("generated", "sent", "accepted", "rejected", "failed", "in_flight", "retries")
+
 
 class Sender:
     """Posts records to the API with bounded concurrency, retries and an exact tally."""
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
+        url: str,
         *,
         concurrency: int,
         max_batch: int,
@@ -61,6 +76,7 @@ class Sender:
         record_file: IO[bytes] | None = None,
     ) -> None:
         self.client = client
+        self.url = url.rstrip("/")
         self.max_batch = max_batch
         self.retry_seconds = retry_seconds
         self.report = report
@@ -118,25 +134,32 @@ class Sender:
                         first = False
                         self.tally.sent += count
                         self.tally.in_flight += count
-                    response = await self.client.request(
-                        method, path, content=body, headers=JSON_HEADERS
-                    )
-            except httpx.TransportError as exc:
+                    status, answer, retry_after = await self._request(method, path, body)
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 problem = f"{path}: cannot reach the API ({type(exc).__name__}: {exc})"
             else:
-                if response.is_success:
+                if 200 <= status < 300:
                     return "accepted"
-                problem = f"{path}: {response.status_code} {_reason(response)}"
-                if response.status_code not in RETRIED_STATUSES:
+                problem = f"{path}: {status} {_reason(answer)}"
+                if status not in RETRIED_STATUSES:
                     self._problem(f"rejected by {problem}")
                     return "rejected"
-                wait = max(wait, _retry_after(response))
+                wait = max(wait, _retry_after(retry_after))
             if time.monotonic() + wait > deadline:
                 self._problem(f"failed after retrying for {self.retry_seconds:g} s: {problem}")
                 return "failed"
             self.tally.retries += 1
             await asyncio.sleep(wait)
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+
+    async def _request(self, method: str, path: str, body: bytes) -> tuple[int, str, str]:
+        """One request: its status, its body (read whole, so the connection is reused) and its
+        `Retry-After` header."""
+        async with self.client.request(
+            method, self.url + path, data=body, headers=JSON_HEADERS
+        ) as response:
+            answer = await response.text(errors="replace")
+            return response.status, answer, response.headers.get("Retry-After", "")
 
     def _problem(self, problem: str) -> None:
         """Count a request's problem; say it the first time (the summary has the counts)."""
@@ -157,18 +180,17 @@ class Sender:
         )
 
 
-def _reason(response: httpx.Response) -> str:
+def _reason(answer: str) -> str:
     """The API's `detail` (it names the first invalid field), else the start of the body."""
     try:
-        body = response.json()
+        body = json.loads(answer)
     except ValueError:
-        return response.text[:200]
+        return answer[:200]
     if not isinstance(body, dict):
-        return response.text[:200]
+        return answer[:200]
     reason = str(body.get("detail", ""))
-    return reason or response.text[:200]
+    return reason or answer[:200]
 
 
-def _retry_after(response: httpx.Response) -> float:
-    value = response.headers.get("retry-after", "")
+def _retry_after(value: str) -> float:
     return min(float(value), MAX_BACKOFF_SECONDS) if value.isdigit() else 0.0

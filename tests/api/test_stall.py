@@ -43,6 +43,8 @@ def api(isolated_settings: Settings) -> Iterator[RunningApi]:
             "api_header_timeout_seconds": HEADER_TIMEOUT,
             "api_body_timeout_seconds": BODY_TIMEOUT,
             "api_max_connections": MAX_CONNECTIONS,
+            # The connection limit is per server process: one, to reach it for sure.
+            "api_workers": 1,
         }
     )
     with running_api(settings) as running:
@@ -201,11 +203,12 @@ def test_stopping_waits_for_requests_at_most_the_graceful_time_out(
 
 
 def _workers(api: RunningApi) -> list[psutil.Process]:
-    """The API's validation worker processes."""
+    """The API's validation worker processes: the leaves of its tree (with several server
+    processes, those are the children of the API's own)."""
     return [
-        child
-        for child in psutil.Process(api.process.pid).children()
-        if "spawn_main" in " ".join(child.cmdline())
+        process
+        for process in psutil.Process(api.process.pid).children(recursive=True)
+        if "spawn_main" in " ".join(process.cmdline()) and not process.children()
     ]
 
 
@@ -249,10 +252,18 @@ def test_large_bodies_are_refused_like_small_ones(api: RunningApi) -> None:
     assert response.status_code == 400 and "not valid JSON" in response.json()["detail"]
 
 
-def test_the_workers_end_with_a_killed_api(isolated_settings: Settings) -> None:
-    with running_api(isolated_settings) as api:
-        workers = _workers(api)
-        assert len(workers) == isolated_settings.api_validation_workers
+def test_the_server_and_validation_workers_end_with_a_killed_api(
+    isolated_settings: Settings,
+) -> None:
+    settings = isolated_settings.model_copy(update={"api_workers": 2})
+    with running_api(settings) as api:
+        # Ready means one server process answers; the other may still be starting its pool.
+        deadline = time.monotonic() + 30
+        expected = settings.api_validation_workers_per_process * settings.api_workers
+        while len(workers := _workers(api)) < expected:
+            assert time.monotonic() < deadline, f"{len(workers)} validation workers"
+            time.sleep(0.2)
+        tree = psutil.Process(api.process.pid).children(recursive=True)
         api.process.kill()
-        _, alive = psutil.wait_procs(workers, timeout=10)
-    assert not alive, "validation workers outlived the API"
+        _, alive = psutil.wait_procs(tree, timeout=10)
+    assert not alive, f"{[' '.join(p.cmdline())[:80] for p in alive]} outlived the API"

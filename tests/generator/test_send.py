@@ -24,6 +24,7 @@ import pytest
 
 from app.core.config import ROOT, Settings
 from app.generator.crowd import Crowd
+from app.generator.processes import derived_seed, shares
 from app.schemas import Purchase, UserEvent
 
 # Small enough that a tick's orders need several batches, and a bigger batch is refused.
@@ -152,6 +153,38 @@ def test_a_run_is_fully_accepted_recorded_and_follows_the_seed(
         (api.settings.topic_purchased_item, len(orders)),
     ):
         assert after.get(topic, 0) - before.get(topic, 0) == count
+
+
+def test_processes_share_the_users_and_one_record_file_holds_all_they_sent(
+    api: RunningApi, tmp_path: Path
+) -> None:
+    record_file = tmp_path / "accepted.jsonl"
+    run = generator(
+        api.url, api.settings, "--processes", "2", "--count", "2", "--users-per-second", "15",
+        "--seed", "11", "--record-file", str(record_file),
+    )  # fmt: skip
+    code, out, err = finish(run)
+    assert code == 0, out + err
+    counts = tally(out)
+    assert counts["generated"] == counts["accepted"] > 0, out
+    assert "after 2 ticks" in out
+    assert [path.name for path in tmp_path.iterdir()] == [record_file.name], "parts left over"
+
+    lines = [json.loads(line) for line in record_file.read_text().splitlines()]
+    assert len(lines) == counts["accepted"]
+    events = [UserEvent.model_validate(x["record"]) for x in lines if x["kind"] == "event"]
+    # Process i sends what its derived seed builds, with its share of the users.
+    built = [
+        session
+        for index, users in enumerate(shares(15, 2))
+        for crowd in [Crowd(derived_seed(11, index))]
+        for _ in range(2)
+        for session in crowd.tick(events[0].timestamp, users)
+    ]
+    assert sorted(e.model_dump_json(exclude={"timestamp"}) for e in events) == sorted(
+        e.model_dump_json(exclude={"timestamp"}) for s in built for e in s.events
+    )
+    assert len(lines) - len(events) == sum(len(s.purchases) for s in built)
 
 
 def test_an_unreachable_api_means_failed_records_reported(api: RunningApi) -> None:
