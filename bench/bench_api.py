@@ -296,9 +296,7 @@ def percentile(values: list[float], share: float) -> float:
 
 def stored(settings: Settings, topic: str) -> int:
     """How many records `topic` holds (sum of its partitions' end offsets)."""
-    reader = Consumer(
-        {"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "bench-watermarks"}
-    )
+    reader = Consumer({"bootstrap.servers": settings.kafka_servers, "group.id": "bench-watermarks"})
     try:
         partitions = reader.list_topics(topic, timeout=10).topics[topic].partitions
         return sum(
@@ -515,7 +513,7 @@ def main() -> int:
     acknowledged_orders = batches.load.ok * ORDERS_PER_REQUEST
     held_events = stored(settings, settings.topic_user_events)
     held_orders = stored(settings, settings.topic_purchased_item)
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    admin = AdminClient({"bootstrap.servers": settings.kafka_servers})
     for deletion in admin.delete_topics(topics).values():
         deletion.result()  # wait: the requests would be dropped if the script exited first
 

@@ -160,7 +160,7 @@ def main() -> int:
     finally:
         api.terminate()
         api.wait(timeout=30)
-        admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+        admin = AdminClient({"bootstrap.servers": settings.kafka_servers})
         for deletion in admin.delete_topics(topics).values():
             deletion.result()
 
