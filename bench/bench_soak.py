@@ -147,6 +147,10 @@ def soak_settings(base: Settings, home: Path, users_per_second: int, trigger: st
             "airflow_port": free_port(),
             "console_port": free_port(),
             "generator_users_per_second": users_per_second,
+            # The serving setup of a busy lab: several API processes (no live reload) and a
+            # generator that can offer the rate.
+            "api_reload": False,
+            "generator_processes": 2,
             "spark_trigger_interval": trigger,
             "spark_checkpoint_dir": f"s3a://{base.s3_bucket}/test-{tag}/checkpoints",
         }
