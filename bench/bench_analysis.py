@@ -357,21 +357,12 @@ def bench_task_analyze(settings: Settings, folder: Path) -> None:
     """Wall time of `python -m app.analysis.run` on the benchmark's lake, copied to S3."""
     import subprocess
     import tempfile
-    import uuid
 
-    from psycopg2 import sql
+    from app.core.clients import s3_filesystem
+    from tests.support import make_isolated_settings, remove_isolated
 
-    from app.core.clients import postgres_connection, s3_filesystem
-
-    tag = uuid.uuid4().hex[:8]
-    lake = settings.model_copy(
-        update={
-            "s3_purchases_prefix": f"bench-{tag}/raw/purchased_items/",
-            "repeat_purchases_table": f"repeat_purchases_bench_{tag}",
-        }
-    )
+    lake = make_isolated_settings(settings)  # its own prefixes and table, removed below
     fs = s3_filesystem(lake)
-    top = f"{lake.s3_bucket}/bench-{tag}"
     output = Path(tempfile.mkdtemp(prefix="bench-analyze-"))
     try:
         started = time.perf_counter()
@@ -393,16 +384,8 @@ def bench_task_analyze(settings: Settings, folder: Path) -> None:
             raise SystemExit(f"task analyze failed:\n{run.stdout[-2000:]}\n{run.stderr[-2000:]}")
         print(f"  python -m app.analysis.run (both notebooks): {took:.1f} s wall")
     finally:
-        if fs.exists(top):
-            fs.rm(top, recursive=True)
+        remove_isolated(lake)
         shutil.rmtree(output, ignore_errors=True)
-        conn = postgres_connection(lake)
-        try:
-            with conn, conn.cursor() as cur:
-                table = sql.Identifier(lake.repeat_purchases_table)
-                cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
-        finally:
-            conn.close()
 
 
 def main() -> int:
