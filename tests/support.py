@@ -226,8 +226,8 @@ def remove_isolated(settings: Settings) -> None:
 
     admin = kafka_admin(settings)
     topics = [settings.topic_user_events, settings.topic_purchased_item]
-    existing = set(admin.list_topics(timeout=10).topics)
-    for future in admin.delete_topics([t for t in topics if t in existing]).values():
+    existing = [t for t in topics if t in set(admin.list_topics(timeout=10).topics)]
+    for future in (admin.delete_topics(existing) if existing else {}).values():
         future.result(timeout=30)
     groups = admin.list_consumer_groups().result(timeout=10).valid
     if any(group.group_id == settings.drain_group_id for group in groups):
