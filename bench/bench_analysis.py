@@ -366,8 +366,9 @@ def bench_task_analyze(settings: Settings, folder: Path) -> None:
     output = Path(tempfile.mkdtemp(prefix="bench-analyze-"))
     try:
         started = time.perf_counter()
+        # A trailing slash copies the folder's contents (the `ingest_date=` partitions).
         fs.put(
-            str(folder), f"{lake.s3_bucket}/{lake.s3_purchases_prefix}".rstrip("/"), recursive=True
+            f"{folder}/", f"{lake.s3_bucket}/{lake.s3_purchases_prefix}".rstrip("/"), recursive=True
         )
         copied = time.perf_counter() - started
         print(f"\ntask analyze on the {folder.name} lake, copied to S3 in {copied:.0f} s:")
