@@ -152,6 +152,9 @@ class Settings(BaseSettings):
     spark_kafka_timeout_seconds: float = Field(default=60.0, ge=1)
     # A stream's claim on an S3 checkpoint lapses this long after its last renewal.
     spark_writer_lease_seconds: float = Field(default=60.0, ge=5)
+    # A stop (SIGTERM, Ctrl-C) that takes longer than this kills the JVM and exits 0: honcho
+    # sends SIGKILL 5 s after SIGTERM. The batch cut short is written again on the next start.
+    spark_stop_seconds: float = Field(default=3.5, gt=0)
     spark_driver_memory: str = "1g"
     # The address executors reach the driver at (and the driver's ports bind to): loopback for
     # the lab; the host's own address when the executors run on other hosts.

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import signal
+import sys
+import threading
 import time
 from collections.abc import Iterator
 
+import psutil  # type: ignore[import-untyped]  # no stubs installed
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming.query import StreamingQuery
 
@@ -125,22 +129,53 @@ def _report_progress(queries: list[StreamingQuery], seen: dict[str, int], log: L
 
 
 @contextlib.contextmanager
-def _stop_requests() -> Iterator[list[int]]:
-    """SIGTERM/SIGINT are recorded, not raised, so the queries are stopped between two steps."""
+def _stop_requests(seconds: float, log: Log) -> Iterator[list[int]]:
+    """SIGTERM/SIGINT are recorded, not raised, so the queries are stopped between two steps.
+    The first one also sets a deadline `seconds` later (SPARK_STOP_SECONDS): a stop that takes
+    longer (a JVM slow to stop on a loaded machine) is cut short by `_abandon`."""
     received: list[int] = []
+    deadline: list[threading.Timer] = []
 
     def request_stop(signum: int, _frame: object) -> None:
         received.append(signum)
         # The default handlers are back, so a second Ctrl-C interrupts even the stop itself.
         for number, handler in previous.items():
             signal.signal(number, handler)
+        timer = threading.Timer(seconds, _abandon, args=(seconds, log))
+        timer.daemon = True
+        timer.start()
+        deadline.append(timer)
 
     previous = {number: signal.signal(number, request_stop) for number in STOP_SIGNALS}
     try:
         yield received
     finally:
+        for timer in deadline:
+            timer.cancel()
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+def _abandon(seconds: float, log: Log) -> None:
+    """The stop took too long: kill the JVM (and the Python workers it started) and exit 0 at
+    once. Nothing is lost: the checkpoint's file lock or S3 lease goes with the process, and the
+    next start removes the cut-short batch's files and writes the batch again."""
+    log(
+        f"the stop took more than {seconds:g} s: killed the JVM; the micro-batch "
+        "cut short is written again on the next start"
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # From here on the main thread's calls into the dead JVM fail: say nothing more.
+    with open(os.devnull, "wb") as devnull:
+        os.dup2(devnull.fileno(), 1)
+        os.dup2(devnull.fileno(), 2)
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    psutil.wait_procs(children, timeout=2)
+    os._exit(0)
 
 
 def _pause(seconds: float, received: list[int]) -> None:
@@ -167,11 +202,11 @@ def run_stream(
         # Before the JVM starts: a refusal takes a second, not half a minute.
         prepare_sinks(settings, log)
         spark = _stream_session(settings, master)
-        try:
-            with _stop_requests() as received:
+        with _stop_requests(settings.spark_stop_seconds, log) as received:
+            try:
                 _supervise(spark, settings, lock, available_now, log, received)
-        finally:
-            spark.stop()
+            finally:
+                spark.stop()
     finally:
         lock.release()
 

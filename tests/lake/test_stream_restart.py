@@ -26,7 +26,7 @@ from tests.lake.helpers import (
     wait_for,
 )
 
-ORDERS = 12_000
+ORDERS = 16_000
 
 
 def _batches(checkpoint: str, log: str) -> set[int]:
@@ -77,6 +77,21 @@ def test_sigterm_then_sigkill_mid_batch_then_restart_keeps_every_order_once(
     assert "SIGTERM: stopping the queries" in log.read_text()
     assert "Traceback" not in log.read_text()
     assert 0 < len(arrow_orders(settings)) < ORDERS
+    resumed_from = _committed(settings)
+
+    # 1b. A stop that outlasts SPARK_STOP_SECONDS (forced here: 10 ms) kills the JVM and exits 0
+    # all the same, well within the grace, without a word from the dying JVM's callers.
+    quick = {"spark_max_offsets_per_trigger": 1000, "spark_stop_seconds": 0.01}
+    job = start_job(settings.model_copy(update=quick), log)
+    wait_for(lambda: _committed(settings) > resumed_from, "progress after the restart", timeout=240)
+    before = len(log.read_text())
+    os.killpg(job.pid, signal.SIGTERM)
+    signalled = time.monotonic()
+    assert job.wait(timeout=60) == 0, log.read_text()[-3000:]
+    assert time.monotonic() - signalled < 5
+    after = log.read_text()[before:]
+    assert "the stop took more than 0.01 s: killed the JVM" in after
+    assert "Traceback" not in after
     resumed_from = _committed(settings)
 
     # 2. SIGKILL to the group while a micro-batch is writing its files: no goodbye at all.
