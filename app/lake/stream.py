@@ -150,8 +150,12 @@ def _stop_requests(seconds: float, log: Log) -> Iterator[list[int]]:
     try:
         yield received
     finally:
+        # A deadline that has not fired is cancelled. One that has fired is joined: `_abandon`
+        # ends the process with status 0, and the main thread (whose calls into the killed JVM
+        # fail) must not exit first with an error of its own.
         for timer in deadline:
             timer.cancel()
+            timer.join()
         for number, handler in previous.items():
             signal.signal(number, handler)
 
@@ -160,22 +164,24 @@ def _abandon(seconds: float, log: Log) -> None:
     """The stop took too long: kill the JVM (and the Python workers it started) and exit 0 at
     once. Nothing is lost: the checkpoint's file lock or S3 lease goes with the process, and the
     next start removes the cut-short batch's files and writes the batch again."""
-    log(
-        f"the stop took more than {seconds:g} s: killed the JVM; the micro-batch "
-        "cut short is written again on the next start"
-    )
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # From here on the main thread's calls into the dead JVM fail: say nothing more.
-    with open(os.devnull, "wb") as devnull:
-        os.dup2(devnull.fileno(), 1)
-        os.dup2(devnull.fileno(), 2)
-    children = psutil.Process().children(recursive=True)
-    for child in children:
-        with contextlib.suppress(psutil.Error):
-            child.kill()
-    psutil.wait_procs(children, timeout=2)
-    os._exit(0)
+    try:
+        log(
+            f"the stop took more than {seconds:g} s: killed the JVM; the micro-batch "
+            "cut short is written again on the next start"
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # From here on the main thread's calls into the dead JVM fail: say nothing more.
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            os.dup2(devnull.fileno(), 2)
+        children = psutil.Process().children(recursive=True)
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        psutil.wait_procs(children, timeout=2)
+    finally:
+        os._exit(0)
 
 
 def _pause(seconds: float, received: list[int]) -> None:
