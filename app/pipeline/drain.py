@@ -353,6 +353,7 @@ def _take_bounds(
     """Each partition's end offset now (where this run stops). A partition of a re-created
     topic, or whose committed offset is past its end (Kafka lost data), is read from its start."""
     ends: dict[TopicPartition, int] = consumer.end_offsets(partitions)
+    reset: list[TopicPartition] = []
     for tp in partitions:
         committed = consumer.committed(tp)
         lost = committed is not None and committed > ends[tp]
@@ -369,6 +370,20 @@ def _take_bounds(
                 )
             consumer.seek_to_beginning(tp)
             summary.resets += 1
+            reset.append(tp)
+    if reset:
+        # Committed at once, before anything is read: the old offsets must not outlive this
+        # run, which remembers the new topic id even when it stores nothing of a partition
+        # (empty now, or not reached before a cap), or the next run would start at them.
+        starts = consumer.beginning_offsets(reset)
+        try:
+            consumer.commit({tp: OffsetAndMetadata(starts[tp], "", -1) for tp in reset})
+        except KafkaError as error:
+            raise DrainError(
+                f"Committing the start offsets of the reset partitions failed "
+                f"({type(error).__name__}: {error}); nothing was read yet. The next run "
+                "tries again; if this repeats, check Kafka with `task infra-status`."
+            ) from error
     return ends
 
 
@@ -490,8 +505,8 @@ def _drain(
             in_flight = (batch, worker.submit(_store, store, batch, settings))
         if in_flight is not None:
             _finish(consumer, *in_flight, summary)
-    # Only a finished run moves the remembered id: a run cut short after a reset is re-read
-    # from the start next time, which the fingerprints and the counting marks make harmless.
+    # The reset partitions' start offsets were committed before reading (`_take_bounds`), so
+    # remembering the new id now is safe even for a run stopped by a cap.
     try:
         store.remember_topic_id(topic, wanted, topic_id)
     except PyMongoError as error:

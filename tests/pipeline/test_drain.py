@@ -502,6 +502,30 @@ def test_a_recreated_topic_is_read_from_its_start_and_its_events_counted(
         assert drain_user_events(settings).resets == 0
 
 
+def test_a_recreated_topic_drained_while_empty_loses_none_of_its_later_events(
+    lab_services: Settings,
+) -> None:
+    events = make_events(500, users=20)
+    old, new = events[:200], events[200:]
+    with pipeline_settings(lab_services, kafka_partitions=1) as settings:
+        produce_events(settings, old)
+        drain_user_events(settings)
+        delete_topic(settings)
+        ensure_topics(settings, [settings.topic_user_events])
+        # A run between the re-creation and the first new event: nothing to read, but the
+        # group's old offset (200) must not survive it.
+        empty = drain_user_events(settings)
+        assert (empty.resets, empty.consumed) == (1, 0)
+        produce_events(settings, new)  # 300 new events: past the old offset
+
+        after = drain_user_events(settings)
+        refresh_event_counts(settings)
+
+        assert (after.resets, after.consumed, after.stored) == (0, 300, 300)
+        assert event_store(settings).events.count_documents({}) == 500
+        assert stored_counts(settings) == expected_counts(events)
+
+
 def test_a_committed_offset_past_the_end_is_noticed_and_nothing_doubled(
     lab_services: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
