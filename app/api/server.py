@@ -98,7 +98,9 @@ def _metrics_directory(settings: Settings) -> Path:
     for old in root.iterdir():
         if not (old.name.isdigit() and psutil.pid_exists(int(old.name))):
             shutil.rmtree(old, ignore_errors=True)
+    # A killed API's folder can carry our pid (pids are reused): its counters are not ours.
     directory = root / str(os.getpid())
+    shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir()
     return directory
 
