@@ -90,6 +90,15 @@ def run_processes(
         )
         for index, users in enumerate(shares(options.users_per_second, processes))
     ]
+    if record_file is not None:
+        # Parts a killed run left behind hold records that were acknowledged: merge them first.
+        left = sorted(
+            record_file.parent.glob(f"{record_file.name}.part*"),
+            key=lambda part: (len(part.name), part.name),
+        )
+        if left:
+            console.message(f"merged the records a run cut short left in {record_file}.part*")
+            _merge(record_file, left)
     started = time.monotonic()
     children = []
     for part in parts:

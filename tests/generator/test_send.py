@@ -159,6 +159,9 @@ def test_processes_share_the_users_and_one_record_file_holds_all_they_sent(
     api: RunningApi, tmp_path: Path
 ) -> None:
     record_file = tmp_path / "accepted.jsonl"
+    # A part file a killed run left (its records were acknowledged) is merged first, not lost.
+    leftover = '{"kind": "event", "record": "acknowledged before a kill"}\n'
+    (tmp_path / "accepted.jsonl.part3").write_text(leftover)
     run = generator(
         api.url, api.settings, "--processes", "2", "--count", "2", "--users-per-second", "15",
         "--seed", "11", "--record-file", str(record_file),
@@ -169,8 +172,11 @@ def test_processes_share_the_users_and_one_record_file_holds_all_they_sent(
     assert counts["generated"] == counts["accepted"] > 0, out
     assert "after 2 ticks" in out
     assert [path.name for path in tmp_path.iterdir()] == [record_file.name], "parts left over"
+    assert "merged the records a run cut short left" in err
 
-    lines = [json.loads(line) for line in record_file.read_text().splitlines()]
+    first, *rest = record_file.read_text().splitlines(keepends=True)
+    assert first == leftover
+    lines = [json.loads(line) for line in rest]
     assert len(lines) == counts["accepted"]
     events = [UserEvent.model_validate(x["record"]) for x in lines if x["kind"] == "event"]
     # Process i sends what its derived seed builds, with its share of the users.
