@@ -24,7 +24,7 @@ from pathlib import Path
 from app.core.config import ROOT, Settings, get_settings
 from app.core.errors import LabError
 from app.core.process import InfraError, port_open, run
-from app.infra.kafka import other_kafka_nodes
+from app.infra.kafka import kafka_of_another_size, other_kafka_nodes
 from app.infra.service import HOST, LocalService
 from app.infra.services import local_services
 from app.infra.spark_cluster import cluster, cluster_down, cluster_up
@@ -132,7 +132,7 @@ def _up(settings: Settings) -> None:
 
 
 def _refuse_another_kafka_size(settings: Settings) -> None:
-    running = [node.name for node in other_kafka_nodes(settings) if node.pid() is not None]
+    running = kafka_of_another_size(settings)
     if running:
         raise InfraError(
             f"Kafka of another cluster size is running ({', '.join(running)}), not the "

@@ -8,10 +8,13 @@ so each cluster size keeps a storage of its own and going back finds the old dat
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import uuid
 from pathlib import Path
+
+import psutil  # type: ignore[import-untyped]  # no stubs installed
 
 from app.core.config import MAX_KAFKA_BROKERS, ROOT, Settings
 from app.core.process import InfraError, port_open, run
@@ -199,6 +202,21 @@ class Kafka(LocalService):
 def kafka_nodes(settings: Settings) -> list[Kafka]:
     """The local Kafka nodes KAFKA_BROKERS asks for, in start order."""
     return [Kafka(settings, node) for node in range(1, settings.kafka_brokers + 1)]
+
+
+def kafka_of_another_size(settings: Settings) -> list[str]:
+    """Running local Kafka nodes that are not the cluster KAFKA_BROKERS asks for: nodes named
+    for another size, and nodes named as ours but started on another size's storage
+    (`kafka-1` of a two-node cluster when three are asked for)."""
+    running = [node.name for node in other_kafka_nodes(settings) if node.pid() is not None]
+    for node in kafka_nodes(settings):
+        pid = node.pid()
+        if pid is None:
+            continue
+        with contextlib.suppress(psutil.Error):
+            if str(node.config_file) not in psutil.Process(pid).cmdline():
+                running.append(node.name)
+    return running
 
 
 def other_kafka_nodes(settings: Settings) -> list[Kafka]:
