@@ -245,6 +245,20 @@ class Settings(BaseSettings):
         return self.kafka_replication_factor or min(self.kafka_brokers, 3)
 
     @property
+    def kafka_replication_warning(self) -> str | None:
+        """What an explicit KAFKA_REPLICATION_FACTOR below the cluster's default gives up (an
+        `.env` from a one-broker lab kept after a move to three brokers, say)."""
+        derived = min(self.kafka_brokers, 3)
+        if self.kafka_replication_factor is None or self.kafka_replication_factor >= derived:
+            return None
+        return (
+            f"KAFKA_REPLICATION_FACTOR={self.kafka_replication_factor} on "
+            f"{self.kafka_brokers} brokers: new topics keep {self.kafka_replication_factor} "
+            f"copy(ies), so losing one broker can lose acknowledged records. Unset it (the "
+            f"factor then follows KAFKA_BROKERS: {derived}) unless that is what you want."
+        )
+
+    @property
     def kafka_min_insync_replicas(self) -> int:
         """Replicas that must have a record before it is acknowledged (acks=all): with three,
         one broker may be lost without refusing writes or losing acknowledged ones."""

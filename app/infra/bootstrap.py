@@ -32,6 +32,8 @@ def ensure_databases(settings: Settings) -> list[str]:
 
 def bootstrap(settings: Settings) -> list[str]:
     lines = ensure_topics(settings)
+    if settings.kafka_replication_warning:
+        lines.append(f"warning: {settings.kafka_replication_warning}")
     lines.append(ensure_bucket(settings))
     with EventStore.open(settings) as store:
         lines += store.ensure_indexes()

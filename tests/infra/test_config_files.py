@@ -132,6 +132,19 @@ def test_a_replication_factor_above_the_broker_count_is_refused_with_what_to_set
         Settings(_env_file=None)  # type: ignore[call-arg]
 
 
+def test_a_replication_factor_below_the_cluster_default_is_warned_about() -> None:
+    kept = Settings.model_construct(kafka_brokers=3, kafka_replication_factor=1)
+    assert kept.kafka_replication_warning is not None
+    assert "losing one broker can lose acknowledged records" in kept.kafka_replication_warning
+    assert "follows KAFKA_BROKERS: 3" in kept.kafka_replication_warning
+    for fine in (
+        Settings.model_construct(kafka_brokers=3),
+        Settings.model_construct(kafka_brokers=3, kafka_replication_factor=3),
+        Settings.model_construct(kafka_brokers=1, kafka_replication_factor=1),
+    ):
+        assert fine.kafka_replication_warning is None
+
+
 def test_each_local_node_is_a_voter_with_the_cluster_replication() -> None:
     from app.infra.kafka import Kafka, kafka_nodes
 
