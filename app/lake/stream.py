@@ -179,7 +179,7 @@ def _abandon(seconds: float, log: Log) -> None:
         for child in children:
             with contextlib.suppress(psutil.Error):
                 child.kill()
-        psutil.wait_procs(children, timeout=2)
+        psutil.wait_procs(children, timeout=1)
     finally:
         os._exit(0)
 
