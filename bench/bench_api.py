@@ -252,6 +252,7 @@ def start_api(settings: Settings) -> subprocess.Popen[bytes]:
         except httpx.TransportError:
             time.sleep(0.2)
     process.terminate()
+    process.wait(timeout=30)
     raise SystemExit(f"the API did not become ready at {settings.api_url} within 30 s")
 
 

@@ -141,9 +141,10 @@ def main() -> int:
     events, _ = build_records(events=5_000, orders=0)
     requests = [http_request("PUT", "/SendEvent", e.to_json_bytes()) for e in events]
 
-    api = start_api(settings)
-    api_process = psutil.Process(api.pid)
+    api = None
     try:
+        api = start_api(settings)
+        api_process = psutil.Process(api.pid)
         with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
             pool.submit(run_load, settings.api_port, requests, 8, 2.0).result()  # warm-up
             baseline = pool.submit(run_load, settings.api_port, requests, 64, 8.0).result()
@@ -158,8 +159,9 @@ def main() -> int:
             1.0, produced_events(settings) - events_before
         )
     finally:
-        api.terminate()
-        api.wait(timeout=30)
+        if api is not None:
+            api.terminate()
+            api.wait(timeout=30)
         admin = AdminClient({"bootstrap.servers": settings.kafka_servers})
         for deletion in admin.delete_topics(topics).values():
             deletion.result()
@@ -168,6 +170,9 @@ def main() -> int:
         f"  baseline, raw-HTTP load client (64 connections): {baseline_rate:,.0f} events/s "
         f"({baseline_load})"
     )
+    if rate == 0:
+        print(f"  generator: no event acknowledged after the warm-up; exit code {code}")
+        return code or 1
     print(
         f"  generator, {args.processes} processes x {args.concurrency} in flight: "
         f"{rate:,.0f} events/s  target >= {TARGET_EVENTS_PER_SECOND:,}; "

@@ -14,8 +14,9 @@ checkpoint, Airflow home and metadata database, all removed at the end) against 
    database) and the Spark batches' durations against the trigger (from the stream's log).
 
 A hop keeps up when its lag at the end is below what arrives in one of its intervals (the DAG's
-2 minutes plus one run; the stream's trigger plus one batch) and its runs or batches take less
-time than their interval.
+2 minutes plus one run; the stream's trigger plus one batch) and its runs take less time than
+their interval (the DAG: every run; the stream's valid-orders query: 95 % of its batches; the
+quarantine query reads the same messages beside it and is shown, not judged).
 
     .venv/bin/python bench/bench_soak.py [--events-per-second 3000] [--minutes 10]
         [--trigger "30 seconds"]
@@ -54,7 +55,10 @@ from tests.support import free_port, make_isolated_settings, remove_isolated, st
 HONCHO = Path(sys.executable).parent / "honcho"
 SAMPLE_SECONDS = 10
 DAG_INTERVAL = 120.0
-BATCH_LINE = re.compile(r"(\S+): batch (\d+), (\d+) messages .* in ([\d.]+) s")
+# "purchased_items <- PurchasedItem: batch 7, 5999 messages (0 not valid orders) in 6.1 s"; the
+# quarantine query logs the same batch as "purchased_items_quarantine <- ...".
+BATCH_LINE = re.compile(r"(\w+) <- \S+: batch (\d+), (\d+) messages .* in ([\d.]+) s")
+VALID_QUERY = "purchased_items"
 
 
 @dataclass
@@ -130,10 +134,16 @@ def dag_runs(settings: Settings) -> list[tuple[str, float | None, dict[str, floa
     return list(runs.values())
 
 
-def spark_batches(log: Path) -> list[tuple[int, float]]:
-    """(messages, seconds) of each non-empty micro-batch the stream logged."""
-    text = log.read_text(errors="replace")
-    return [(int(m[3]), float(m[4])) for m in BATCH_LINE.finditer(text)]
+def spark_batches(log: Path) -> dict[str, list[float]]:
+    """The seconds of each non-empty micro-batch the stream logged, by query name."""
+    batches: dict[str, list[float]] = {}
+    for match in BATCH_LINE.finditer(log.read_text(errors="replace")):
+        batches.setdefault(match[1], []).append(float(match[4]))
+    return batches
+
+
+def p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20)[-1] if len(values) > 1 else values[0]
 
 
 def soak_settings(base: Settings, home: Path, users_per_second: int, trigger: str) -> Settings:
@@ -194,9 +204,12 @@ def run_soak(settings: Settings, minutes: float) -> Soak:
                     f"acknowledged; {last.drained:>9,} drained; {last.lake:>8,} in the lake",
                     flush=True,
                 )
-        airflow = f"http://127.0.0.1:{settings.airflow_port}/api/v2/monitor/health"
-        healthy = httpx.get(airflow, timeout=5).status_code == 200
-        print(f"  Airflow answering at the end: {healthy}")
+        try:
+            health = httpx.get(f"{settings.airflow_url}/api/v2/monitor/health", timeout=10)
+            answer = f"HTTP {health.status_code}"
+        except httpx.HTTPError as error:  # a loaded machine: say so, keep the report
+            answer = f"no answer ({type(error).__name__})"
+        print(f"  Airflow at the end: {answer}")
     finally:
         stop_group(honcho, signal.SIGINT, timeout=90)
         consumer.close()
@@ -234,22 +247,23 @@ def report(soak: Soak, offered: tuple[float, float], trigger: float) -> None:
         state = f"{took:6.1f} s" if took is not None else "running"
         print(f"    run at {start}: {state} against {DAG_INTERVAL:.0f} s  ({parts})")
     batches = spark_batches(soak.log)
-    durations = [seconds for _, seconds in batches]
+    durations = batches.get(VALID_QUERY, [])
     print(
         f"  Spark stream   {lake_rate:>8,.0f} orders/s into the lake; lag at the end "
         f"{order_lag:,} orders (one trigger brings {orders_rate * trigger:,.0f})"
     )
-    if durations:
+    for name, seconds in sorted(batches.items()):
         print(
-            f"    {len(batches)} batches: median {statistics.median(durations):.1f} s, "
-            f"longest {max(durations):.1f} s against the {trigger:.0f} s trigger"
+            f"    {name}: {len(seconds)} batches, median {statistics.median(seconds):.1f} s, "
+            f"p95 {p95(seconds):.1f} s, longest {max(seconds):.1f} s "
+            f"against the {trigger:.0f} s trigger"
         )
     dag_ok = (
         bool(finished)
         and max(finished) < DAG_INTERVAL
         and event_lag <= events_rate * (DAG_INTERVAL + max(finished))
     )
-    spark_ok = bool(durations) and max(durations) < trigger * 1.5
+    spark_ok = bool(durations) and p95(durations) <= trigger
     spark_ok = spark_ok and order_lag <= orders_rate * (trigger + max(durations, default=0))
     api_ok = events_rate >= 0.95 * offered[0]
     for hop, ok in (("API", api_ok), ("DAG", dag_ok), ("Spark stream", spark_ok)):
