@@ -15,8 +15,9 @@ checkpoint, Airflow home and metadata database, all removed at the end) against 
 
 A hop keeps up when its lag at the end is below what arrives in one of its intervals (the DAG's
 2 minutes plus one run; the stream's trigger plus one batch) and its runs take less time than
-their interval (the DAG: every run; the stream's valid-orders query: 95 % of its batches; the
-quarantine query reads the same messages beside it and is shown, not judged).
+their interval (the DAG: every run; the stream's valid-orders query: 95 % of its batches after
+the first, which holds what arrived while the JVM started; the quarantine query reads the same
+messages beside it and is shown, not judged).
 
     .venv/bin/python bench/bench_soak.py [--events-per-second 3000] [--minutes 10]
         [--trigger "30 seconds"]
@@ -143,7 +144,9 @@ def spark_batches(log: Path) -> dict[str, list[float]]:
 
 
 def p95(values: list[float]) -> float:
-    return statistics.quantiles(values, n=20)[-1] if len(values) > 1 else values[0]
+    return (
+        statistics.quantiles(values, n=20, method="inclusive")[-1] if len(values) > 1 else values[0]
+    )
 
 
 def soak_settings(base: Settings, home: Path, users_per_second: int, trigger: str) -> Settings:
@@ -247,16 +250,17 @@ def report(soak: Soak, offered: tuple[float, float], trigger: float) -> None:
         state = f"{took:6.1f} s" if took is not None else "running"
         print(f"    run at {start}: {state} against {DAG_INTERVAL:.0f} s  ({parts})")
     batches = spark_batches(soak.log)
-    durations = batches.get(VALID_QUERY, [])
+    durations = batches.get(VALID_QUERY, [])[1:]  # the first: the start-up's backlog
     print(
         f"  Spark stream   {lake_rate:>8,.0f} orders/s into the lake; lag at the end "
         f"{order_lag:,} orders (one trigger brings {orders_rate * trigger:,.0f})"
     )
     for name, seconds in sorted(batches.items()):
+        first, rest = seconds[0], seconds[1:] or seconds[:1]
         print(
-            f"    {name}: {len(seconds)} batches, median {statistics.median(seconds):.1f} s, "
-            f"p95 {p95(seconds):.1f} s, longest {max(seconds):.1f} s "
-            f"against the {trigger:.0f} s trigger"
+            f"    {name}: first batch {first:.1f} s (start-up backlog), then {len(rest)} batches: "
+            f"median {statistics.median(rest):.1f} s, p95 {p95(rest):.1f} s, longest "
+            f"{max(rest):.1f} s against the {trigger:.0f} s trigger"
         )
     dag_ok = (
         bool(finished)
