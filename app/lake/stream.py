@@ -248,7 +248,7 @@ def _supervise(
             outage.back("the queries restarted from their checkpoints")
             failure = _watch(started, settings, lock, log, received, seen, outage)
         if failure is None:
-            return
+            break
         if not (failure.outage or is_outage(failure.message, settings)):
             raise LabError(failure.explanation)
         outage.queries_stopped(unreachable(settings), failure.message)
@@ -257,7 +257,8 @@ def _supervise(
         _pause(BACKOFF_SECONDS[min(restarts, len(BACKOFF_SECONDS) - 1)], received)
         restarts += 1
         _wait_for_services(settings, received)
-    log(f"signal {signal.Signals(received[0]).name}: stopped")
+    if received:
+        log(f"signal {signal.Signals(received[0]).name}: stopped")
 
 
 def _wait_for_services(settings: Settings, received: list[int]) -> None:
