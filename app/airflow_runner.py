@@ -25,6 +25,7 @@ own children, because standalone cannot be told two things the lab needs:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -32,6 +33,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import psutil  # type: ignore[import-untyped]  # no stubs installed
 
 from app.core.config import ROOT, Settings, get_settings
 from app.core.process import private_dir
@@ -46,7 +49,8 @@ COMPONENTS = {
 }
 MAX_BACKOFF_SECONDS = 30
 STABLE_SECONDS = 60.0
-STOP_TIMEOUT_SECONDS = 30.0
+# Under honcho's 5 s grace, so the runner ends by itself (status 0) rather than by its SIGKILL.
+STOP_TIMEOUT_SECONDS = 3.5
 VENV_BIN = Path(sys.executable).parent
 AIRFLOW = VENV_BIN / "airflow"
 
@@ -106,6 +110,11 @@ def airflow_environment(settings: Settings, metadata_url: str) -> dict[str, str]
         "AIRFLOW__API__BASE_URL": base_url,
         # One API worker: the lab runs on a laptop next to Kafka, Spark and the rest.
         "AIRFLOW__API__WORKERS": "1",
+        # No line per API request: the console asks twice every 2 s, which would bury the
+        # scheduler's and the tasks' lines in `task up`. Set the variable to see them again.
+        "AIRFLOW__LOGGING__NAMESPACE_LEVELS": os.environ.get(
+            "AIRFLOW__LOGGING__NAMESPACE_LEVELS", "http.access=WARNING"
+        ),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{settings.airflow_admin_user}:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(
             home / "simple_auth_manager_passwords.json"
@@ -184,15 +193,33 @@ def run_components(
             if name not in running and now >= due[name]:
                 running[name] = subprocess.Popen(argv, env=environment, cwd=ROOT)
                 started_at[name] = now
-        time.sleep(1)
+        time.sleep(0.2)  # a stop request is noticed within 0.2 s
     for process in running.values():
         process.terminate()
     deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-    for process in running.values():
+    for name, process in running.items():
         try:
             process.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
+            _kill_tree(process.pid)
+            print(
+                f"airflow: {name} did not stop within {STOP_TIMEOUT_SECONDS:g} s: killed, with "
+                "the processes it ran (a task cut short runs again in the next DAG run).",
+                flush=True,
+            )
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a component and every process under it (the executor's task processes)."""
+    try:
+        root = psutil.Process(pid)
+        tree = [*root.children(recursive=True), root]
+    except psutil.Error:
+        return
+    for process in tree:
+        with contextlib.suppress(psutil.Error):
             process.kill()
+    psutil.wait_procs(tree, timeout=1)
 
 
 def main() -> None:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import psutil  # type: ignore[import-untyped]  # no stubs installed
+
 from app.core.config import ROOT, Settings
 
 # Runs `run_components` with one component that exits at once and one that runs on.
@@ -50,6 +52,46 @@ def test_an_exiting_component_is_started_again_with_backoff_and_sigterm_stops_al
     assert "flaky exited (code 3); starting it again in 2 s" in output
     assert output.count("steady ran") == 1, output
     assert output.rstrip().endswith("supervisor stopped"), output
+
+
+# A component that ignores SIGTERM and has a process of its own (as the scheduler has tasks).
+STUBBORN = """
+import sys
+from app.airflow_runner import run_components
+python = sys.executable
+child = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+parent = (
+    "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    f"task = subprocess.Popen([sys.executable, '-c', {child!r}]); "
+    "print('task', task.pid, flush=True); time.sleep(60)"
+)
+run_components({"PATH": ""}, {"stubborn": [python, "-c", parent]})
+print("supervisor stopped", flush=True)
+"""
+
+
+def test_a_component_that_does_not_stop_is_killed_with_its_processes_within_the_grace() -> None:
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", STUBBORN],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert supervisor.stdout is not None
+    first = supervisor.stdout.readline()
+    assert first.startswith("task "), first
+    task = int(first.split()[1])
+    supervisor.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    rest, _ = supervisor.communicate(timeout=60)
+    took = time.monotonic() - signalled
+    assert supervisor.returncode == 0, rest
+    assert took < 5, f"{took:.1f} s: honcho would have killed the runner first"
+    assert "stubborn did not stop within 3.5 s: killed, with the processes it ran" in rest
+    assert rest.rstrip().endswith("supervisor stopped"), rest
+    assert not psutil.pid_exists(task) or psutil.Process(task).status() == psutil.STATUS_ZOMBIE
 
 
 def test_task_airflow_talks_to_the_labs_airflow(isolated_settings: Settings) -> None:
