@@ -25,7 +25,6 @@ own children, because standalone cannot be told two things the lab needs:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -34,10 +33,8 @@ import sys
 import time
 from pathlib import Path
 
-import psutil  # type: ignore[import-untyped]  # no stubs installed
-
 from app.core.config import ROOT, Settings, get_settings
-from app.core.process import private_dir
+from app.core.process import kill_tree, private_dir
 
 HOST = "127.0.0.1"
 # What `airflow standalone` runs, without the log servers (see the module docstring).
@@ -201,25 +198,12 @@ def run_components(
         try:
             process.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            _kill_tree(process.pid)
+            kill_tree(process.pid)
             print(
                 f"airflow: {name} did not stop within {STOP_TIMEOUT_SECONDS:g} s: killed, with "
                 "the processes it ran (a task cut short runs again in the next DAG run).",
                 flush=True,
             )
-
-
-def _kill_tree(pid: int) -> None:
-    """SIGKILL a component and every process under it (the executor's task processes)."""
-    try:
-        root = psutil.Process(pid)
-        tree = [*root.children(recursive=True), root]
-    except psutil.Error:
-        return
-    for process in tree:
-        with contextlib.suppress(psutil.Error):
-            process.kill()
-    psutil.wait_procs(tree, timeout=1)
 
 
 def main() -> None:

@@ -150,6 +150,20 @@ def stop_process(
     return True
 
 
+def kill_tree(pid: int, *, include_root: bool = True, timeout: float = 1.0) -> None:
+    """SIGKILL every process under `pid` (and `pid` itself unless `include_root` is false),
+    then wait up to `timeout` for them to be gone."""
+    try:
+        root = psutil.Process(pid)
+        tree = [*root.children(recursive=True), *([root] if include_root else [])]
+    except psutil.Error:
+        return
+    for process in tree:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(tree, timeout=timeout)
+
+
 def when_parent_exits(action: Callable[[], None]) -> bool:
     """Call `action` (on a thread of its own) once this process's multiprocessing parent is
     gone, even killed with no time to stop its children; False if there is no such parent."""

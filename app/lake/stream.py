@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Iterator
 
-import psutil  # type: ignore[import-untyped]  # no stubs installed
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming.query import StreamingQuery
 
@@ -29,6 +28,7 @@ from app.core.clients import s3_filesystem
 from app.core.config import Settings
 from app.core.errors import LabError
 from app.core.kafka import ensure_topics
+from app.core.process import kill_tree
 from app.lake.failures import (
     PROBE_EVERY_SECONDS,
     Failure,
@@ -175,11 +175,7 @@ def _abandon(seconds: float, log: Log) -> None:
         with open(os.devnull, "wb") as devnull:
             os.dup2(devnull.fileno(), 1)
             os.dup2(devnull.fileno(), 2)
-        children = psutil.Process().children(recursive=True)
-        for child in children:
-            with contextlib.suppress(psutil.Error):
-                child.kill()
-        psutil.wait_procs(children, timeout=1)
+        kill_tree(os.getpid(), include_root=False)
     finally:
         os._exit(0)
 
