@@ -28,15 +28,19 @@ print("supervisor stopped", flush=True)
 """
 
 
-def test_an_exiting_component_is_started_again_with_backoff_and_sigterm_stops_all() -> None:
-    supervisor = subprocess.Popen(
-        [sys.executable, "-c", SUPERVISOR],
+def _supervise(script: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def test_an_exiting_component_is_started_again_with_backoff_and_sigterm_stops_all() -> None:
+    supervisor = _supervise(SUPERVISOR)
     lines: list[str] = []
     assert supervisor.stdout is not None
     # Exits at t=0, restarted at 1 s, exits, restarted at 1 + 2 s: three runs, two messages.
@@ -71,14 +75,7 @@ print("supervisor stopped", flush=True)
 
 
 def test_a_component_that_does_not_stop_is_killed_with_its_processes_within_the_grace() -> None:
-    supervisor = subprocess.Popen(
-        [sys.executable, "-c", STUBBORN],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    supervisor = _supervise(STUBBORN)
     assert supervisor.stdout is not None
     first = supervisor.stdout.readline()
     assert first.startswith("task "), first
