@@ -242,13 +242,18 @@ class Settings(BaseSettings):
     @property
     def kafka_replicas(self) -> int:
         """Replication factor of the lab's topics and of Kafka's internal ones."""
-        return self.kafka_replication_factor or min(self.kafka_brokers, 3)
+        return self.kafka_replication_factor or self.kafka_default_replicas
+
+    @property
+    def kafka_default_replicas(self) -> int:
+        """The replication factor KAFKA_BROKERS gives when KAFKA_REPLICATION_FACTOR is unset."""
+        return min(self.kafka_brokers, 3)
 
     @property
     def kafka_replication_warning(self) -> str | None:
         """What an explicit KAFKA_REPLICATION_FACTOR below the cluster's default gives up (an
         `.env` from a one-broker lab kept after a move to three brokers, say)."""
-        derived = min(self.kafka_brokers, 3)
+        derived = self.kafka_default_replicas
         if self.kafka_replication_factor is None or self.kafka_replication_factor >= derived:
             return None
         return (

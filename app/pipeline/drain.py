@@ -332,15 +332,26 @@ def _store(store: EventStore, batch: Batch, settings: Settings) -> Stored:
         ) from error
 
 
-def _commit(consumer: KafkaConsumer, offsets: Mapping[TopicPartition, int]) -> None:
+BATCH_COMMIT = (
+    "The batch is stored in MongoDB but committing its Kafka offsets failed ({error}). Nothing "
+    "is lost or duplicated: the next run reads it again and recognises what is already stored."
+)
+RESET_COMMIT = (
+    "Committing the start offsets of the reset partitions failed ({error}); nothing was read "
+    "yet. The next run tries again."
+)
+
+
+def _commit(
+    consumer: KafkaConsumer, offsets: Mapping[TopicPartition, int], failed: str = BATCH_COMMIT
+) -> None:
+    """Commit `offsets`; on failure raise DrainError with `failed` (its `{error}` filled in)."""
     try:
         consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()})
     except KafkaError as error:
         raise DrainError(
-            f"The batch is stored in MongoDB but committing its Kafka offsets failed "
-            f"({type(error).__name__}: {error}). Nothing is lost or duplicated: the next run "
-            "reads it again and recognises what is already stored. If this repeats, check Kafka "
-            "with `task infra-status`."
+            failed.format(error=f"{type(error).__name__}: {error}")
+            + " If this repeats, check Kafka with `task infra-status`."
         ) from error
 
 
@@ -375,15 +386,7 @@ def _take_bounds(
         # Committed at once, before anything is read: the old offsets must not outlive this
         # run, which remembers the new topic id even when it stores nothing of a partition
         # (empty now, or not reached before a cap), or the next run would start at them.
-        starts = consumer.beginning_offsets(reset)
-        try:
-            consumer.commit({tp: OffsetAndMetadata(starts[tp], "", -1) for tp in reset})
-        except KafkaError as error:
-            raise DrainError(
-                f"Committing the start offsets of the reset partitions failed "
-                f"({type(error).__name__}: {error}); nothing was read yet. The next run "
-                "tries again; if this repeats, check Kafka with `task infra-status`."
-            ) from error
+        _commit(consumer, consumer.beginning_offsets(reset), RESET_COMMIT)
     return ends
 
 
