@@ -4,15 +4,24 @@ pydantic holds the GIL while it validates, so a thread would not free the event 
 object of unknown keys takes about a second to refuse (one error per key), and a valid batch of
 1,000 orders about 20 ms to validate and serialise. Bodies up to `INLINE_BYTES` (at worst a few
 ms) are validated on the event loop; larger ones in a small pool of worker processes
-(`API_VALIDATION_WORKERS` at once, the others queue), scheduled apart from the API (see
-`_start_worker`) so that the event loop keeps its CPU while a worker chews on a large body.
+(`API_VALIDATION_WORKERS` at once), scheduled apart from the API (see `_start_worker`) so that
+the event loop keeps its CPU while a worker chews on a large body.
+
+The line in front of the workers is bounded twice, so a flood of large bodies (junk or not)
+cannot make every later batch wait without end: at most `API_VALIDATION_QUEUE` bodies wait (one
+more gets a 503 at once), and a body that waited `API_VALIDATION_WAIT_SECONDS` for a worker gets
+a 503 then. Both say `Retry-After`; nothing of such a body was stored. Bodies are taken in their
+order of arrival, so a batch that gets in line is validated before anything that came later.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import os
+from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
@@ -65,7 +74,13 @@ class BodyValidator:
     def __init__(self, settings: Settings) -> None:
         self.parser = RecordParser(settings.api_max_batch)
         self.workers = settings.api_validation_workers_per_process
+        self.queue_limit = settings.api_validation_queue
+        self.wait_seconds = settings.api_validation_wait_seconds
         self._pool: ProcessPoolExecutor | None = None
+        # Admission to the pool: its own queue is unbounded and cannot drop a body that waited
+        # too long once submitted, so bodies wait here (FIFO) and the pool gets one per worker.
+        self._free_workers = asyncio.Semaphore(self.workers)
+        self._waiting = 0
 
     def _new_pool(self) -> ProcessPoolExecutor:
         # spawn, not fork: the API process runs librdkafka's threads, which a fork would copy.
@@ -87,6 +102,40 @@ class BodyValidator:
         """The body's records as Kafka stores them; raises ApiError for a refused body."""
         if len(body) <= INLINE_BYTES:
             return self.parser.records(kind, body)
+        async with self._worker_turn():
+            return await self._in_worker(kind, body)
+
+    @contextlib.asynccontextmanager
+    async def _worker_turn(self) -> AsyncIterator[None]:
+        """Hold one of the workers; a 503 when the line is full or the wait runs out."""
+        if self._free_workers.locked():
+            if self._waiting >= self.queue_limit:
+                raise self._busy(f"{self._waiting} large bodies are already waiting")
+            self._waiting += 1
+            try:
+                await asyncio.wait_for(self._free_workers.acquire(), self.wait_seconds)
+            except TimeoutError:
+                raise self._busy(f"this body waited {self.wait_seconds:g} s") from None
+            finally:
+                self._waiting -= 1
+        else:
+            await self._free_workers.acquire()
+        try:
+            yield
+        finally:
+            self._free_workers.release()
+
+    def _busy(self, why: str) -> ApiError:
+        retry_after = max(1, math.ceil(self.wait_seconds / 2))
+        return ApiError(
+            503,
+            f"The API's validation workers are busy with large bodies ({why}); nothing of this "
+            f"request was stored. Retry after {retry_after} s, or send smaller batches (bodies up "
+            f"to {INLINE_BYTES // 1024} KiB do not wait for a worker).",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+    async def _in_worker(self, kind: BodyKind, body: bytes) -> KafkaRecords:
         pool = self._pool
         assert pool is not None, "start() runs in the app's lifespan"
         try:

@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     # Processes validating bodies over 16 KiB, off the event loop (at most this many at once),
     # shared out among the server processes (at least one each).
     api_validation_workers: int = Field(default=2, ge=1)
+    # Large bodies waiting for a validation worker, per server process; one more gets a 503
+    # with Retry-After at once instead of joining a queue with no end.
+    api_validation_queue: int = Field(default=16, ge=0)
+    # ... and a body that waited this long for a worker gets that 503 instead of being
+    # validated late (its client has likely given up; the workers go to bodies still wanted).
+    api_validation_wait_seconds: float = Field(default=10.0, gt=0)
     # Slow clients. A connection is closed when a request's headers are not complete this long
     # after it opened or after its previous answer (idle keep-alive connections too) ...
     api_header_timeout_seconds: int = Field(default=5, ge=1)
