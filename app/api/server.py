@@ -30,6 +30,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.api.metrics import METRICS_DIRECTORY_VARIABLE
 from app.core.config import ROOT, Settings
+from app.core.reload import unwatched_packages
 
 
 class HeaderDeadlineProtocol(HttpToolsProtocol):
@@ -113,6 +114,8 @@ def _run(settings: Settings, reload: bool, workers: int) -> None:
         port=settings.api_port,
         reload=reload,
         reload_dirs=[str(ROOT / "app")],
+        # Only its own code: an edit of the generator or the stream does not restart it.
+        reload_excludes=[str(path) for path in unwatched_packages("api")],
         workers=workers,
         http=HeaderDeadlineProtocol,
         timeout_keep_alive=settings.api_header_timeout_seconds,

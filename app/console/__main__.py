@@ -14,6 +14,7 @@ from types import FrameType
 import uvicorn
 
 from app.core.config import get_settings
+from app.core.reload import reload_argv, run_reloading
 
 
 def _stopped(_signum: int, _frame: FrameType | None) -> None:
@@ -26,7 +27,14 @@ def _stopped(_signum: int, _frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m app.console", description=__doc__)
     parser.add_argument("--url", action="store_true", help="print the console's address and exit")
+    parser.add_argument(
+        "--reload",
+        action="store_true",
+        help="restart on changes to its code (the Procfile's development mode)",
+    )
     args = parser.parse_args(argv)
+    if args.reload:
+        sys.exit(run_reloading("console", "app.console", reload_argv(argv)))
     settings = get_settings()
     if args.url:
         print(f"console: {settings.console_url}/ (the whole pipeline, live, once the lab runs)")

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from app.core.config import get_settings
+from app.core.reload import reload_argv, run_reloading
 from app.generator.processes import run_processes
 from app.generator.runner import Console, RunOptions, run_until_signal
 
@@ -52,6 +53,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="how long a request is retried on 503 or connection errors (default %(default)s)",
     )
     parser.add_argument(
+        "--reload",
+        action="store_true",
+        help="restart on changes to its code (the Procfile's development mode)",
+    )
+    parser.add_argument(
         "--record-file",
         type=Path,
         help="append every record the API acknowledged to this JSON-lines file",
@@ -68,6 +74,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.reload:
+        return run_reloading("generator", "app.generator", reload_argv(argv))
     settings = get_settings()
     options = RunOptions(
         url=args.url,

@@ -19,6 +19,7 @@ import sys
 
 from app.core.config import get_settings
 from app.core.errors import LabError
+from app.core.reload import reload_argv, run_reloading
 from app.lake.stream import run_stream
 
 
@@ -34,7 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--master", help="Spark master URL (default: SPARK_MASTER from the settings, local[*])"
     )
+    parser.add_argument(
+        "--reload",
+        action="store_true",
+        help="restart on changes to its code (the Procfile's development mode)",
+    )
     args = parser.parse_args(argv)
+    if args.reload:
+        return run_reloading("spark", "app.lake", reload_argv(argv))
     try:
         run_stream(get_settings(), available_now=args.available_now, master=args.master)
     except LabError as exc:
