@@ -9,6 +9,11 @@ own children, because standalone cannot be told two things the lab needs:
   backoff, saying so, instead of the lab carrying on without it; this process stays up, so
   honcho keeps the rest of the lab running.
 
+One readable terminal: each component writes to its own file, `.lab/logs/airflow-<name>.log`
+(and `airflow db migrate` to `airflow-migrate.log`); what reaches `task up`'s terminal is one
+line per finished task with its summary (`TaskReport`, from the REST API), a component's exit
+with the last lines of its file, and this process's own lines.
+
 - `AIRFLOW_HOME` is `<lab_home>/airflow` (git-ignored); the DAGs folder is this repository's
   `dags/`; no example DAGs; new DAGs start unpaused, so the pipeline runs every 2 minutes from
   the first start.
@@ -31,10 +36,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import httpx
+
+from app.core.airflow_api import AirflowClient
 from app.core.config import ROOT, Settings, get_settings
-from app.core.process import kill_tree, private_dir
+from app.core.process import kill_tree, log_tail, private_dir
 
 HOST = "127.0.0.1"
 # What `airflow standalone` runs, without the log servers (see the module docstring).
@@ -50,6 +61,9 @@ STABLE_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 3.5
 VENV_BIN = Path(sys.executable).parent
 AIRFLOW = VENV_BIN / "airflow"
+# How often finished tasks are looked up, and which states are finished.
+REPORT_SECONDS = 5.0
+FINISHED = ("success", "failed", "upstream_failed")
 
 
 def airflow_home(settings: Settings) -> Path:
@@ -152,12 +166,32 @@ def dags_test(
     return process
 
 
+def component_log(logs: Path, name: str) -> Path:
+    return logs / f"airflow-{name}.log"
+
+
+def _start_component(
+    argv: list[str], environment: dict[str, str], log: Path
+) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n".encode())
+        out.flush()
+        return subprocess.Popen(
+            argv, env=environment, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
 def run_components(
-    environment: dict[str, str], components: dict[str, list[str]] | None = None
+    environment: dict[str, str],
+    logs: Path,
+    components: dict[str, list[str]] | None = None,
+    every_tick: Callable[[], None] | None = None,
 ) -> None:
-    """Run `components` (name: command line; Airflow's COMPONENTS by default) until SIGTERM or
-    SIGINT; start again any that exits, after 1, 2, 4... up to MAX_BACKOFF_SECONDS."""
+    """Run `components` (name: command line; Airflow's COMPONENTS by default), each writing to
+    its file in `logs`, until SIGTERM or SIGINT; start again any that exits, after 1, 2, 4...
+    up to MAX_BACKOFF_SECONDS. `every_tick` is called about every 0.2 s between checks."""
     components = components or {name: [str(AIRFLOW), *args] for name, args in COMPONENTS.items()}
+    logs.mkdir(parents=True, exist_ok=True)
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
@@ -182,14 +216,17 @@ def run_components(
                 wait = min(2 ** restarts[name], MAX_BACKOFF_SECONDS)
                 restarts[name] += 1
                 due[name] = now + wait
+                log = component_log(logs, name)
                 print(
                     f"airflow: {name} exited (code {process.returncode}); starting it again in "
-                    f"{wait} s. Its last lines are above.",
+                    f"{wait} s. The last lines of {log}:\n{log_tail(log, 10)}",
                     flush=True,
                 )
             if name not in running and now >= due[name]:
-                running[name] = subprocess.Popen(argv, env=environment, cwd=ROOT)
+                running[name] = _start_component(argv, environment, component_log(logs, name))
                 started_at[name] = now
+        if every_tick is not None:
+            every_tick()
         time.sleep(0.2)  # a stop request is noticed within 0.2 s
     for process in running.values():
         process.terminate()
@@ -206,25 +243,111 @@ def run_components(
             )
 
 
+class TaskReport:
+    """One line per task of the DAG that finished since this process started, with what it
+    returned (the drain's and the counts refresh's summaries), read from Airflow's REST API
+    every `REPORT_SECONDS` by `tick`. Quiet while the API server is not answering yet."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.dag_id = settings.dag_id
+        self.task_logs = airflow_home(settings) / "logs"
+        self.http = httpx.Client()
+        self.api = AirflowClient(settings, self.http)
+        self.since = datetime.now(UTC).isoformat()
+        self.due = 0.0
+        self.reported: set[tuple[str, str, int, int]] = set()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now < self.due:
+            return
+        self.due = now + REPORT_SECONDS
+        try:
+            for line in self.lines():
+                print(f"airflow: {line}", flush=True)
+        except (httpx.HTTPError, KeyError, ValueError):
+            pass  # the API server is starting or restarting: the next tick catches up
+
+    def lines(self) -> list[str]:
+        found = self.api.get(
+            f"/dags/{self.dag_id}/dagRuns/~/taskInstances",
+            end_date_gte=self.since,
+            state=list(FINISHED),
+            order_by="end_date",
+            limit=100,
+        )
+        lines = []
+        for ti in found.get("task_instances", []):
+            key = (ti["dag_run_id"], ti["task_id"], ti["map_index"], ti["try_number"])
+            if key in self.reported:
+                continue
+            self.reported.add(key)
+            self.since = max(self.since, ti["end_date"])
+            lines.append(self.describe(ti))
+        return lines
+
+    def describe(self, ti: dict[str, Any]) -> str:
+        index = f"[{ti['map_index']}]" if ti["map_index"] >= 0 else ""
+        run = ti["dag_run_id"].split("__")[0]
+        line = f"{ti['task_id']}{index} ({run} run) {ti['state']} in {ti['duration'] or 0:.1f} s"
+        if ti["state"] != "success":
+            return (
+                f"{line}, try {ti['try_number']}: its log is in the UI and under {self.task_logs}"
+            )
+        entry = self.api.get(
+            f"/dags/{self.dag_id}/dagRuns/{ti['dag_run_id']}/taskInstances/{ti['task_id']}"
+            "/xcomEntries/return_value",
+            map_index=ti["map_index"],
+            deserialize=True,
+        )
+        return f"{line}: {summary_text(entry.get('value'))}"
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def summary_text(value: object) -> str:
+    """A task's return value on one line: a summary's non-zero figures, a list as it is."""
+    if isinstance(value, dict):
+        shown = [f"{key} {item}" for key, item in value.items() if item not in (0, 0.0, None, "")]
+        return ", ".join(shown) or "nothing to do"
+    return str(value)
+
+
 def main() -> None:
     settings = get_settings()
     environment = {**os.environ, **airflow_environment(settings, metadata_database(settings))}
     passwords = write_passwords_file(settings)
-    migrate = subprocess.run(
-        [str(AIRFLOW), "db", "migrate"], env=environment, cwd=ROOT, check=False
-    )
+    logs = settings.lab_home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    migrate_log = component_log(logs, "migrate")
+    with migrate_log.open("wb") as out:
+        migrate = subprocess.run(
+            [str(AIRFLOW), "db", "migrate"],
+            env=environment,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
     if migrate.returncode != 0:
         sys.exit(
-            "airflow: `airflow db migrate` failed (output above); check PostgreSQL with "
-            "`task infra-status`, then start the lab again."
+            f"airflow: `airflow db migrate` failed; its last lines ({migrate_log}):\n"
+            f"{log_tail(migrate_log, 15)}\nCheck PostgreSQL with `task infra-status`, then "
+            "start the lab again."
         )
     print(
         f"airflow: UI http://{HOST}:{settings.airflow_port} - user {settings.airflow_admin_user}, "
-        f"password in {passwords} (AIRFLOW_ADMIN_PASSWORD); home {airflow_home(settings)}; "
-        f"DAG {settings.dag_id} every 2 minutes",
+        f"password in {passwords} (AIRFLOW_ADMIN_PASSWORD); DAG {settings.dag_id} every 2 "
+        f"minutes; one line per finished task here, Airflow's own logs in "
+        f"{component_log(logs, '<component>')}",
         flush=True,
     )
-    run_components(environment)
+    report = TaskReport(settings)
+    try:
+        run_components(environment, logs, every_tick=report.tick)
+    finally:
+        report.close()
 
 
 if __name__ == "__main__":

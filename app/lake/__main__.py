@@ -20,7 +20,6 @@ import sys
 from app.core.config import get_settings
 from app.core.errors import LabError
 from app.core.reload import reload_argv, run_reloading
-from app.lake.stream import run_stream
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.reload:
         return run_reloading("spark", "app.lake", reload_argv(argv))
+    # Imported here: the watcher of `--reload` needs neither pyspark nor code that may be
+    # half-edited (it waits for the next change instead of failing with it).
+    from app.lake.stream import run_stream
+
     try:
         run_stream(get_settings(), available_now=args.available_now, master=args.master)
     except LabError as exc:

@@ -1,4 +1,5 @@
-"""The Airflow runner keeps its components running: one that exits is started again."""
+"""The Airflow runner keeps its components running (one that exits is started again), each
+writing to a log file of its own rather than to `task up`'s terminal."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]  # no stubs installed
 
@@ -15,10 +17,12 @@ from app.core.config import ROOT, Settings
 # Runs `run_components` with one component that exits at once and one that runs on.
 SUPERVISOR = """
 import sys
+from pathlib import Path
 from app.airflow_runner import run_components
 python = sys.executable
 run_components(
     {"PATH": ""},
+    Path(sys.argv[1]),
     {
         "flaky": [python, "-c", "print('flaky ran', flush=True); raise SystemExit(3)"],
         "steady": [python, "-c", "import time; print('steady ran', flush=True); time.sleep(60)"],
@@ -28,9 +32,9 @@ print("supervisor stopped", flush=True)
 """
 
 
-def _supervise(script: str) -> subprocess.Popen[str]:
+def _supervise(script: str, logs: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", script],
+        [sys.executable, "-c", script, str(logs)],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE,
@@ -39,28 +43,39 @@ def _supervise(script: str) -> subprocess.Popen[str]:
     )
 
 
-def test_an_exiting_component_is_started_again_with_backoff_and_sigterm_stops_all() -> None:
-    supervisor = _supervise(SUPERVISOR)
+def test_an_exiting_component_is_started_again_with_backoff_and_sigterm_stops_all(
+    tmp_path: Path,
+) -> None:
+    supervisor = _supervise(SUPERVISOR, tmp_path)
     lines: list[str] = []
     assert supervisor.stdout is not None
-    # Exits at t=0, restarted at 1 s, exits, restarted at 1 + 2 s: three runs, two messages.
+    # Exits at t=0, restarted at 1 s, exits, restarted at 1 + 2 s: three runs, two messages
+    # before the third run's exit.
     deadline = time.monotonic() + 60
-    while sum("flaky ran" in line for line in lines) < 3:
+    while sum("flaky exited" in line for line in lines) < 3:
         assert time.monotonic() < deadline, "".join(lines)
         lines.append(supervisor.stdout.readline())
     supervisor.send_signal(signal.SIGTERM)
     rest, _ = supervisor.communicate(timeout=60)
     output = "".join(lines) + rest
     assert supervisor.returncode == 0, output
-    assert "flaky exited (code 3); starting it again in 1 s" in output
+    flaky_log = tmp_path / "airflow-flaky.log"
+    assert (
+        f"flaky exited (code 3); starting it again in 1 s. The last lines of {flaky_log}" in output
+    )
     assert "flaky exited (code 3); starting it again in 2 s" in output
-    assert output.count("steady ran") == 1, output
+    # Each exit shows the component's last lines; its output went to its file, not here.
+    assert "\nflaky ran\n" in output
+    assert flaky_log.read_text().splitlines().count("flaky ran") >= 3
+    assert "\nsteady ran\n" not in output, output
+    assert (tmp_path / "airflow-steady.log").read_text().splitlines().count("steady ran") == 1
     assert output.rstrip().endswith("supervisor stopped"), output
 
 
 # A component that ignores SIGTERM and has a process of its own (as the scheduler has tasks).
 STUBBORN = """
 import sys
+from pathlib import Path
 from app.airflow_runner import run_components
 python = sys.executable
 child = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
@@ -69,17 +84,26 @@ parent = (
     f"task = subprocess.Popen([sys.executable, '-c', {child!r}]); "
     "print('task', task.pid, flush=True); time.sleep(60)"
 )
-run_components({"PATH": ""}, {"stubborn": [python, "-c", parent]})
+run_components({"PATH": ""}, Path(sys.argv[1]), {"stubborn": [python, "-c", parent]})
 print("supervisor stopped", flush=True)
 """
 
 
-def test_a_component_that_does_not_stop_is_killed_with_its_processes_within_the_grace() -> None:
-    supervisor = _supervise(STUBBORN)
-    assert supervisor.stdout is not None
-    first = supervisor.stdout.readline()
-    assert first.startswith("task "), first
-    task = int(first.split()[1])
+def test_a_component_that_does_not_stop_is_killed_with_its_processes_within_the_grace(
+    tmp_path: Path,
+) -> None:
+    supervisor = _supervise(STUBBORN, tmp_path)
+    log = tmp_path / "airflow-stubborn.log"
+    deadline = time.monotonic() + 60
+
+    def task_line() -> list[str]:
+        lines = log.read_text().splitlines() if log.exists() else []
+        return [line for line in lines if line.startswith("task ")]
+
+    while not task_line():
+        assert time.monotonic() < deadline, "the stubborn component did not start"
+        time.sleep(0.1)
+    task = int(task_line()[0].split()[1])
     supervisor.send_signal(signal.SIGTERM)
     signalled = time.monotonic()
     rest, _ = supervisor.communicate(timeout=60)
