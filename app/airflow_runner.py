@@ -306,12 +306,35 @@ class TaskReport:
         self.http.close()
 
 
+# The figures of the tasks' summaries, in the order a person reads them; others follow.
+SUMMARY_ORDER = [
+    "consumed",
+    "stored",
+    "events_counted",
+    "pairs_written",
+    "new_pairs",
+    "duplicates",
+    "already_stored",
+    "quarantined",
+    "resets",
+    "left",
+    "batches",
+    "stopped",
+]
+
+
 def summary_text(value: object) -> str:
-    """A task's return value on one line: a summary's non-zero figures, a list as it is."""
-    if isinstance(value, dict):
-        shown = [f"{key} {item}" for key, item in value.items() if item not in (0, 0.0, None, "")]
-        return ", ".join(shown) or "nothing to do"
-    return str(value)
+    """A task's return value on one line: a summary's non-zero figures (its time is the task's
+    duration already), a list as it is."""
+    if not isinstance(value, dict):
+        return str(value)
+    rank = {key: index for index, key in enumerate(SUMMARY_ORDER)}
+    shown = [
+        f"{key} {value[key]}"
+        for key in sorted(value, key=lambda key: (rank.get(key, len(rank)), key))
+        if key != "seconds" and value[key] not in (0, 0.0, None, "", [], {})
+    ]
+    return ", ".join(shown) or "nothing to do"
 
 
 def main() -> None:

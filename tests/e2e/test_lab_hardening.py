@@ -293,3 +293,20 @@ def test_a_restart_of_another_service_stops_no_process(lab: RunningLab, name: st
     _restart(lab, service, outage=10)
     # Airflow keeps its state in PostgreSQL: its components come back by themselves.
     _wait_for(lambda: _airflow_healthy(lab.settings), "Airflow healthy again", 300, lab)
+
+
+def test_the_terminal_shows_a_line_per_finished_task_and_none_of_airflows_own(
+    lab: RunningLab,
+) -> None:
+    """`task up`'s terminal: Airflow's components write to their files under `.lab/logs/`,
+    the runner prints one line per finished task with its summary."""
+    finished = "airflow: refresh_event_counts (scheduled run) success in "
+    _wait_for(lambda: finished in lab.log.read_text(), "a finished task's line", 300, lab)
+    output = lab.log.read_text(errors="replace")
+    assert "airflow: drain_user_events[0] (scheduled run) success in " in output, output
+    airflow_lines = [line for line in output.splitlines() if "| airflow.1" in line]
+    # Airflow's own log lines (structlog's "[info     ]", uvicorn's "INFO:") stay in files.
+    chatter = [line for line in airflow_lines if "[info" in line or "INFO:" in line]
+    assert not chatter, "\n".join(chatter[:20])
+    scheduler_log = lab.settings.lab_home / "logs" / "airflow-scheduler.log"
+    assert "TaskInstance Finished" in scheduler_log.read_text(errors="replace")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]  # no stubs installed
 
+from app.airflow_runner import summary_text
 from app.core.config import ROOT, Settings
 
 # Runs `run_components` with one component that exits at once and one that runs on.
@@ -129,3 +130,12 @@ def test_task_airflow_talks_to_the_labs_airflow(isolated_settings: Settings) -> 
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().splitlines()[-1] == str(ROOT / "dags")
+
+
+def test_a_task_summary_reads_as_one_line_of_its_nonzero_figures() -> None:
+    drain = {"stored": 81, "batches": 1, "seconds": 0.27, "stopped": "caught up", "consumed": 81}
+    assert summary_text({**drain, "duplicates": 0}) == (
+        "consumed 81, stored 81, batches 1, stopped caught up"
+    )
+    assert summary_text({"events_counted": 0, "seconds": 0.1}) == "nothing to do"
+    assert summary_text([[0, 1, 2]]) == "[[0, 1, 2]]"
