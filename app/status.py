@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from app.core.config import Settings, get_settings
 from app.core.kafka import partition_replicas, topic_ends
-from app.infra.cli import status_rows
+from app.infra.report import status_rows
 
 
 def topic_offsets(settings: Settings) -> list[str]:

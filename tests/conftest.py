@@ -30,7 +30,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def lab_services() -> Settings:
     """The four services, up and bootstrapped (started here if they are not running)."""
-    from app.infra.cli import up
+    from app.infra.lifecycle import up
 
     settings = get_settings()
     up(settings)

@@ -14,7 +14,7 @@ from pathlib import Path
 from app.core.config import get_settings
 from app.core.reload import reload_argv, run_reloading
 from app.generator.processes import run_processes
-from app.generator.runner import Console, RunOptions, run_until_signal
+from app.generator.runner import RunOptions, StatusPrinter, run_until_signal
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -88,11 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         ticks=args.count,
         duration=args.duration,
     )
-    console = Console(sys.stdout, sys.stderr)
+    printer = StatusPrinter(sys.stdout, sys.stderr)
     if args.processes == 1:
-        outcome = run_until_signal(options, args.seed, console, args.record_file)
+        outcome = run_until_signal(options, args.seed, printer, args.record_file)
     else:
-        outcome = run_processes(options, args.seed, args.processes, args.record_file, console)
+        outcome = run_processes(options, args.seed, args.processes, args.record_file, printer)
     return 0 if outcome.tally.accepted == outcome.tally.generated else 1
 
 

@@ -23,10 +23,10 @@ from pathlib import Path
 
 from app.core.process import when_parent_exits
 from app.generator.runner import (
-    Console,
     Outcome,
     Progress,
     RunOptions,
+    StatusPrinter,
     run_until_signal,
     summary_lines,
 )
@@ -64,10 +64,10 @@ def part_file(record_file: Path, index: int) -> Path:
 
 def _run_part(part: Part, results: Connection) -> None:
     """In a child process: run the part, send back its outcome."""
-    console = Console(open(os.devnull, "w"), sys.stderr, part.name)  # noqa: SIM115
+    printer = StatusPrinter(open(os.devnull, "w"), sys.stderr, part.name)  # noqa: SIM115
     # The parent's Ctrl-C may reach the whole process group: a second stop signal changes nothing.
     when_parent_exits(lambda: os.kill(os.getpid(), signal.SIGTERM))
-    outcome = run_until_signal(part.options, part.seed, console, part.record_file, summary=False)
+    outcome = run_until_signal(part.options, part.seed, printer, part.record_file, summary=False)
     results.send(outcome)
 
 
@@ -76,7 +76,7 @@ def run_processes(
     seed: int | None,
     processes: int,
     record_file: Path | None,
-    console: Console,
+    printer: StatusPrinter,
 ) -> Outcome:
     """Run `processes` generator processes to their end; their outcomes summed, summarised."""
     context = multiprocessing.get_context("spawn")
@@ -97,7 +97,7 @@ def run_processes(
             key=lambda part: (len(part.name), part.name),
         )
         if left:
-            console.message(f"merged the records a run cut short left in {record_file}.part*")
+            printer.message(f"merged the records a run cut short left in {record_file}.part*")
             _merge(record_file, left)
     started = time.monotonic()
     children = []
@@ -120,7 +120,7 @@ def run_processes(
         try:
             outcome: Outcome = receiving.recv()
         except EOFError:
-            console.message(f"{part.name} ended without a summary (exit code {child.exitcode})")
+            printer.message(f"{part.name} ended without a summary (exit code {child.exitcode})")
             interrupted = True
         else:
             tally += outcome.tally
@@ -130,7 +130,7 @@ def run_processes(
         child.join()
     if record_file is not None:
         _merge(record_file, [part.record_file for part in parts if part.record_file])
-    console.summary(summary_lines(tally, progress, time.monotonic(), interrupted))
+    printer.summary(summary_lines(tally, progress, time.monotonic(), interrupted))
     return Outcome(tally, progress, interrupted)
 
 

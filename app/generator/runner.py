@@ -56,7 +56,7 @@ class Outcome:
     interrupted: bool
 
 
-class Console:
+class StatusPrinter:
     """Status line and messages: one rewritten line on a terminal, a line per 10 s in a log.
     `name` prefixes messages (`generator`, or `generator 2/4` for one of several processes)."""
 
@@ -123,7 +123,7 @@ def summary_lines(tally: Tally, progress: Progress, now: float, interrupted: boo
 async def run(
     options: RunOptions,
     crowd: Crowd,
-    console: Console,
+    printer: StatusPrinter,
     record_file: IO[bytes] | None = None,
     summary: bool = True,
 ) -> Outcome:
@@ -142,7 +142,7 @@ async def run(
             concurrency=options.concurrency,
             max_batch=options.max_batch,
             retry_seconds=options.retry_seconds,
-            report=console.message,
+            report=printer.message,
             record_file=record_file,
         )
         try:
@@ -153,13 +153,13 @@ async def run(
                 took = time.monotonic() - tick_started
                 if took > TICK_SECONDS:
                     progress.overruns += 1
-                    console.message(
+                    printer.message(
                         f"tick {progress.ticks} took {took:.2f} s, over the 1 s cadence: the "
                         "API is slow or the crowd too big (lower --users-per-second or raise "
                         "--concurrency)"
                     )
                 now = time.monotonic()
-                console.status(status_line(sender.tally, progress, now), progress.ticks)
+                printer.status(status_line(sender.tally, progress, now), progress.ticks)
                 progress.sent_at_last_status = sender.tally.sent
                 progress.last_status = now
                 if not _done(options, progress):
@@ -168,7 +168,7 @@ async def run(
             interrupted = True
         finally:
             if summary:
-                console.summary(
+                printer.summary(
                     summary_lines(sender.tally, progress, time.monotonic(), interrupted)
                 )
     return Outcome(sender.tally, progress, interrupted)
@@ -177,7 +177,7 @@ async def run(
 def run_until_signal(
     options: RunOptions,
     seed: int | None,
-    console: Console,
+    printer: StatusPrinter,
     record_path: Path | None,
     summary: bool = True,
 ) -> Outcome:
@@ -185,17 +185,17 @@ def run_until_signal(
     lab), appending the acknowledged records to `record_path` if given."""
     with contextlib.ExitStack() as stack:
         record_file = stack.enter_context(record_path.open("ab")) if record_path else None
-        return asyncio.run(_until_signal(options, Crowd(seed), console, record_file, summary))
+        return asyncio.run(_until_signal(options, Crowd(seed), printer, record_file, summary))
 
 
 async def _until_signal(
     options: RunOptions,
     crowd: Crowd,
-    console: Console,
+    printer: StatusPrinter,
     record_file: IO[bytes] | None,
     summary: bool,
 ) -> Outcome:
-    task = asyncio.create_task(run(options, crowd, console, record_file, summary))
+    task = asyncio.create_task(run(options, crowd, printer, record_file, summary))
     stopping = False
 
     def stop() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.core.process import run
-from app.infra.service import tool
+from app.infra.local_service import tool
 
 GO_HINT = "Install Go 1.25+ (e.g. `sudo apt-get install -y golang`), or put the server on PATH."
 

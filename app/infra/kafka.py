@@ -18,7 +18,7 @@ import psutil  # type: ignore[import-untyped]  # no stubs installed
 
 from app.core.config import MAX_KAFKA_BROKERS, ROOT, Settings
 from app.core.process import InfraError, port_open, run
-from app.infra.service import HOST, Launch, LocalService, tool
+from app.infra.local_service import HOST, Launch, LocalService, tool
 
 KAFKA_DIR = ROOT / "infra" / "kafka"
 

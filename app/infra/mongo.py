@@ -18,7 +18,7 @@ from pathlib import Path
 from app.core.config import ROOT
 from app.core.process import run
 from app.infra.binaries import GO_HINT, is_up_to_date
-from app.infra.service import HOST, Launch, LocalService, tool
+from app.infra.local_service import HOST, Launch, LocalService, tool
 
 FERRETDB_DIR = ROOT / "infra" / "ferretdb"
 

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from app.core.process import InfraError, private_dir, run
-from app.infra.service import HOST, Launch, LocalService
+from app.infra.local_service import HOST, Launch, LocalService
 
 # Every connection, socket or TCP, proves the password (SCRAM); nothing is trusted.
 PG_HBA = """\

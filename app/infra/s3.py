@@ -14,7 +14,7 @@ from pathlib import Path
 
 from app.core.config import ROOT
 from app.infra.binaries import go_build
-from app.infra.service import HOST, Launch, LocalService
+from app.infra.local_service import HOST, Launch, LocalService
 
 S3_DIR = ROOT / "infra" / "s3"
 # MinIO's liveness path; versitygw is told to serve the same one, so one probe fits both.

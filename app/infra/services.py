@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from app.core.config import Settings
 from app.infra.kafka import kafka_nodes
+from app.infra.local_service import LocalService
 from app.infra.mongo import Mongo
 from app.infra.postgres import Postgres
 from app.infra.s3 import ObjectStore
-from app.infra.service import LocalService
 
 
 def local_services(settings: Settings) -> list[LocalService]:

@@ -22,7 +22,7 @@ import psutil  # type: ignore[import-untyped]  # no stubs installed
 
 from app.core.config import Settings
 from app.core.process import InfraError, port_open
-from app.infra.service import HOST, Launch, LocalService, tool
+from app.infra.local_service import HOST, Launch, LocalService, tool
 
 JAVA_HINT = "Install a JDK 17+ (e.g. `sudo apt-get install -y openjdk-17-jdk-headless`)."
 # Master and worker UIs: no kill links (anyone reaching the port could stop the stream).

@@ -3,7 +3,7 @@
 The pyspark wheel ships Spark and the Hadoop client but neither the Kafka source
 (`spark-sql-kafka-0-10`) nor the s3a filesystem (`hadoop-aws` and the AWS SDK v2 bundle). Spark's
 own `spark.jars.packages` resolver (Ivy) cannot always reach Maven Central, while `mvn` can, so
-`spark/jars/pom.xml` resolves them with Maven; the jars are hard-linked (copied across devices)
+`infra/spark/pom.xml` resolves them with Maven; the jars are hard-linked (copied across devices)
 into `<lab_home>/jars/<spark version>/<connector>/` with a manifest, and later runs only check the
 manifest. Versions come from the installed wheel, never from a second hand-kept list: hadoop-aws
 is resolved for the exact Hadoop release inside the wheel, and anything the wheel already ships
@@ -28,7 +28,7 @@ from pathlib import Path
 from app.core.config import ROOT, Settings, get_settings
 from app.core.process import InfraError, run
 
-POM = ROOT / "spark" / "jars" / "pom.xml"
+POM = ROOT / "infra" / "spark" / "pom.xml"
 CONNECTORS = ("kafka", "s3a")
 # A jar file name is `<artifactId>-<version>[-<classifier>].jar`. The version is the last
 # `-<digits>.<digits>...`, since artifact ids hold digits too (`spark-sql-kafka-0-10_2.13`,

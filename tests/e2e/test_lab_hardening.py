@@ -31,7 +31,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from app.core.config import ROOT, Settings
 from app.core.process import running_pid
-from app.infra.service import LocalService
+from app.infra.local_service import LocalService
 from app.infra.services import local_services
 from app.lake.sink_log import committed_rows
 from tests.support import (

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from app.core.config import ROOT, Settings
-from app.infra.cli import compose_environment
+from app.infra.compose import compose_environment
 
 
 def _compose(environment: dict[str, str]) -> dict[str, Any]:

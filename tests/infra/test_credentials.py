@@ -11,7 +11,7 @@ import pytest
 from app.airflow_runner import airflow_home, write_passwords_file
 from app.core.clients import postgres_connection
 from app.core.config import Settings
-from app.infra.cli import resolve_mode
+from app.infra.mode import resolve_mode
 from app.infra.postgres import Postgres
 from app.infra.services import local_services
 

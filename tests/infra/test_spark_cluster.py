@@ -8,7 +8,7 @@ import pytest
 
 from app.core.config import Settings, get_settings
 from app.core.process import InfraError
-from app.infra.cli import spark_cluster_rows
+from app.infra.report import spark_cluster_rows
 from app.infra.spark_cluster import SparkWorker, cluster_down
 from tests.support import free_port
 

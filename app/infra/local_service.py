@@ -1,7 +1,7 @@
 """What every local service of the lab is: install, prepare once, start, health check, stop.
 
 The four services (`postgres.py`, `kafka.py`, `mongo.py`, `s3.py`) subclass `LocalService`;
-`services.local_services` lists them and `app.infra.cli` drives them.
+`services.local_services` lists them and `app.infra.lifecycle` drives them.
 """
 
 from __future__ import annotations
