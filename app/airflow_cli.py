@@ -17,9 +17,11 @@ import sys
 
 from app.airflow_runner import AIRFLOW, airflow_environment, metadata_database
 from app.core.config import ROOT, get_settings
+from app.core.logs import setup_logging
 
 
 def main(argv: list[str] | None = None) -> None:
+    setup_logging("airflow", get_settings())
     settings = get_settings()
     environment = {
         **os.environ,

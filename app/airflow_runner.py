@@ -45,6 +45,7 @@ import httpx
 
 from app.core.airflow_api import AirflowClient
 from app.core.config import ROOT, Settings, get_settings
+from app.core.logs import setup_logging
 from app.core.process import kill_tree, log_tail, private_dir
 
 HOST = "127.0.0.1"
@@ -338,6 +339,7 @@ def summary_text(value: object) -> str:
 
 
 def main() -> None:
+    setup_logging("airflow", get_settings())
     settings = get_settings()
     environment = {**os.environ, **airflow_environment(settings, metadata_database(settings))}
     passwords = write_passwords_file(settings)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from app.core.config import Settings, get_settings
 from app.core.kafka import partition_replicas, topic_ends
+from app.core.logs import setup_logging
 from app.infra.report import status_rows
 
 
@@ -141,6 +142,7 @@ def report(settings: Settings) -> list[str]:
 
 
 def main() -> None:
+    setup_logging("status", get_settings())
     for line in report(get_settings()):
         print(line)
 

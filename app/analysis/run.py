@@ -30,6 +30,7 @@ from app.analysis.purchases import parse_now
 from app.core.clients import postgres_connection, s3_filesystem
 from app.core.config import ROOT, Settings, get_settings
 from app.core.errors import LabError
+from app.core.logs import setup_logging
 
 NOTEBOOKS = ROOT / "notebooks"
 PURCHASES_NOTEBOOK = NOTEBOOKS / "01_purchases_analysis.ipynb"
@@ -196,6 +197,7 @@ def analyze(settings: Settings, now: datetime, output: Path) -> list[Report]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_logging("analyze", get_settings())
     parser = argparse.ArgumentParser(
         prog="task analyze", description="Run the analysis notebooks headless into reports."
     )

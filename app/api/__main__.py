@@ -11,9 +11,11 @@ import argparse
 
 from app.api.server import serve
 from app.core.config import get_settings
+from app.core.logs import setup_logging
 
 
 def main(argv: list[str] | None = None) -> None:
+    setup_logging("api", get_settings())
     parser = argparse.ArgumentParser(prog="python -m app.api", description=__doc__)
     parser.add_argument(
         "--no-reload", action="store_true", help="do not watch app/ for code changes"

@@ -26,10 +26,12 @@ from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]  # no stubs installed
 import uvicorn
+from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.api.metrics import METRICS_DIRECTORY_VARIABLE
-from app.core.config import ROOT, Settings
+from app.core.config import ROOT, Settings, get_settings
+from app.core.logs import setup_logging
 from app.core.reload import unwatched_packages
 
 
@@ -106,9 +108,17 @@ def _metrics_directory(settings: Settings) -> Path:
     return directory
 
 
+def served_app() -> FastAPI:
+    """The app of one server process (uvicorn's factory: each worker builds its own)."""
+    from app.api.main import create_app
+
+    setup_logging("api", get_settings())
+    return create_app()
+
+
 def _run(settings: Settings, reload: bool, workers: int) -> None:
     uvicorn.run(
-        "app.api.main:create_app",
+        "app.api.server:served_app",
         factory=True,
         host=settings.api_host,
         port=settings.api_port,

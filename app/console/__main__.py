@@ -14,6 +14,7 @@ from types import FrameType
 import uvicorn
 
 from app.core.config import get_settings
+from app.core.logs import setup_logging
 from app.core.reload import reload_argv, run_reloading
 
 
@@ -25,6 +26,7 @@ def _stopped(_signum: int, _frame: FrameType | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    setup_logging("console", get_settings())
     parser = argparse.ArgumentParser(prog="python -m app.console", description=__doc__)
     parser.add_argument("--url", action="store_true", help="print the console's address and exit")
     parser.add_argument(

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     lab_home: Path = Field(default=ROOT / ".lab")
     # auto: Docker when an engine answers, else local processes.
     lab_infra_mode: Literal["auto", "docker", "local"] = "auto"
+    # What the lab's processes log (app/core/logs.py); DEBUG also shows the libraries' lines.
+    lab_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # Ingest API
     api_host: str = "127.0.0.1"

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from app.core.config import get_settings
+from app.core.logs import setup_logging
 from app.core.reload import reload_argv, run_reloading
 from app.generator.processes import run_processes
 from app.generator.runner import RunOptions, StatusPrinter, run_until_signal
@@ -73,6 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_logging("generator", get_settings())
     args = parse_args(argv)
     if args.reload:
         return run_reloading("generator", "app.generator", reload_argv(argv))

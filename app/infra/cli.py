@@ -15,6 +15,7 @@ import sys
 
 from app.core.config import get_settings
 from app.core.errors import LabError
+from app.core.logs import setup_logging
 from app.infra.doctor import doctor
 from app.infra.lifecycle import down, install, up
 from app.infra.report import print_rows, spark_cluster_rows, status
@@ -22,6 +23,7 @@ from app.infra.spark_cluster import cluster_down, cluster_up
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_logging("infra", get_settings())
     parser = argparse.ArgumentParser(prog="python -m app.infra", description=__doc__)
     parser.add_argument(
         "command",

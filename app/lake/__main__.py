@@ -19,10 +19,12 @@ import sys
 
 from app.core.config import get_settings
 from app.core.errors import LabError
+from app.core.logs import setup_logging
 from app.core.reload import reload_argv, run_reloading
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_logging("spark", get_settings())
     parser = argparse.ArgumentParser(
         description="Stream the PurchasedItem topic into raw Parquet on S3 (exactly once)."
     )
