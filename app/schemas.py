@@ -12,16 +12,26 @@ Decisions the seed left open:
 - Prices are non-negative finite numbers in one currency; `ItemCount` is a positive integer.
 - `TotalPrice` must equal the sum of `ItemCount * ItemPrice * (1 - ItemDiscount)` over the lines,
   within 0.01 per line (each line may be rounded to cents by the sender).
+- Ids (`UserId`, `SessionId`, `OrderId`, `ProductId`) are 1-64 visible characters of Unicode 14.0
+  (a table pinned in `app.core.identifier_chars`, so every Python and the JVM agree) with spaces
+  between them, and JSON strings only (a number is not an id). They are normalised to Unicode NFC
+  on input: what Kafka, MongoDB and the lake hold, and what is counted, is the NFC form, so a name
+  typed as `e` + combining accent and as `é` is one name. The 64 holds as sent and in NFC.
+- A record's identity is its canonical form (`canonical_wire`, `canonical_json`): NFC ids, times
+  in UTC, one zero (-0.0 is 0.0), keys sorted; the same event however a client spells it. A client
+  may name an event itself with an `Idempotency-Key` (`idempotency_key`), which is then its
+  identity: two real, identical events are two, and a retry with the same key is one.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -32,6 +42,8 @@ from pydantic import (
     PlainSerializer,
     model_validator,
 )
+
+from app.core.identifier_chars import UNICODE_VERSION, VISIBLE_RANGES
 
 TOTAL_TOLERANCE_PER_LINE = 0.01
 
@@ -91,38 +103,87 @@ Timestamp = Annotated[
 @dataclass(frozen=True)
 class TextPattern:
     """A rule on text for checkers that cannot run Python (the Spark stream): valid values match
-    `pattern` (a regular expression Java and Rust read alike); `message` says the rule."""
+    `pattern` (a Java regular expression); `message` says the rule."""
 
     pattern: str
     message: str
 
 
+def _class_item(first: int, last: int) -> str:
+    # Literal characters, ASCII punctuation escaped: Python's `re` and Java's Pattern read the
+    # same class alike (their escapes for code points above U+FFFF differ).
+    def literal(code_point: int) -> str:
+        char = chr(code_point)
+        return "\\" + char if char.isascii() and not char.isalnum() else char
+
+    return literal(first) if first == last else f"{literal(first)}-{literal(last)}"
+
+
+# Visible characters of the pinned Unicode version (`app.core.identifier_chars`), and spaces
+# between them: first and last not a space. Possessive, so a long refused value costs one pass.
+_IDENTIFIER_BODY = (
+    "(?! )[ " + "".join(_class_item(first, last) for first, last in VISIBLE_RANGES) + "]++(?<! )"
+)
+_IDENTIFIER = re.compile(_IDENTIFIER_BODY)
+
 IDENTIFIER_RULE = TextPattern(
-    # Printable characters (no \p{C} control/format/unassigned, no \p{Z} separator but the
-    # space), starting and ending with a visible one.
-    pattern=r"^[^\p{C}\p{Z}]( *[^\p{C}\p{Z}])*$",
+    # \A and \z: Java's $ would also accept a line terminator at the end.
+    pattern=r"\A" + _IDENTIFIER_BODY + r"\z",
     message=(
         "must be printable text: letters of any script, digits, punctuation, symbols and spaces "
-        "between them; no control or invisible characters, no leading or trailing space"
+        f"between them (the visible characters of Unicode {UNICODE_VERSION}); no control or "
+        "invisible characters, no leading or trailing space"
     ),
 )
 
 
-def _printable(value: str) -> str:
-    # `str.isprintable` refuses exactly \p{C} and \p{Z} but the space: the rule's pattern.
-    # Indexing, not startswith/endswith: on every id of every request (min_length=1 came first).
-    if not value.isprintable() or value[0] == " " or value[-1] == " ":
+@dataclass(frozen=True)
+class NormalForm:
+    """Text is stored in this Unicode normal form; its length limit holds as sent and as stored
+    (a checker that cannot run Python, the Spark stream, normalises and checks it alike)."""
+
+    form: Literal["NFC"]
+    max_length: int
+    message: str
+
+
+IDENTIFIER_MAX_LENGTH = 64
+IDENTIFIER_FORM = NormalForm(
+    "NFC",
+    IDENTIFIER_MAX_LENGTH,
+    f"must have at most {IDENTIFIER_MAX_LENGTH} characters once in Unicode NFC",
+)
+
+
+def _canonical_identifier(value: str) -> str:
+    """The id in NFC, or ValueError: the character rule, then the length once normalised.
+
+    One call per id of every request. The rule is checked on the text as sent: the table is
+    closed under normalisation (see scripts/gen_identifier_chars.py), so the verdict is the
+    NFC form's, whichever Unicode version normalises."""
+    if value.isascii():
+        # The common case, at half the regular expression's cost: ASCII text is NFC, and its
+        # printable characters (the space and U+0021-U+007E) are the same in every version.
+        if not value.isprintable() or value[0] == " " or value[-1] == " ":
+            raise ValueError(IDENTIFIER_RULE.message)
+        return value
+    if _IDENTIFIER.fullmatch(value) is None:
         raise ValueError(IDENTIFIER_RULE.message)
-    return value
+    normal = unicodedata.normalize("NFC", value)  # the same object when already NFC
+    if normal is not value and len(normal) > IDENTIFIER_FORM.max_length:
+        raise ValueError(IDENTIFIER_FORM.message)
+    return normal
 
 
 # Shop ids come from many systems (e-mail addresses, Turkish names, `$`-prefixed codes): any
-# printable Unicode is accepted. Stores keep them as values only (never as field names or paths).
+# printable Unicode is accepted, stored in NFC. Stores keep them as values only (never as field
+# names or paths).
 Identifier = Annotated[
     str,
-    Field(min_length=1, max_length=64),
-    AfterValidator(_printable),
+    Field(min_length=1, max_length=IDENTIFIER_MAX_LENGTH),
+    AfterValidator(_canonical_identifier),
     IDENTIFIER_RULE,
+    IDENTIFIER_FORM,
 ]
 Money = Annotated[float, Field(ge=0, le=1_000_000_000, allow_inf_nan=False, strict=True)]
 Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False, strict=True)]
@@ -200,6 +261,50 @@ class Purchase(Record):
 def order_total(products: list[PurchasedProduct]) -> float:
     """`TotalPrice` of an order as the generator and the docs compute it: rounded to cents."""
     return round(sum(line.line_total for line in products), 2)
+
+
+def _one_zero(value: Any) -> Any:
+    if isinstance(value, float):
+        return value + 0.0  # -0.0 + 0.0 is 0.0
+    if isinstance(value, dict):
+        return {key: _one_zero(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_one_zero(item) for item in value]
+    return value
+
+
+def canonical_wire(record: Record) -> dict[str, Any]:
+    """The record's wire form with one spelling per value: ids in NFC (validation made them so),
+    times in UTC with microseconds (`format_timestamp`), and zero as 0.0, never -0.0."""
+    wire: dict[str, Any] = _one_zero(record.to_wire())
+    return wire
+
+
+def canonical_json(wire: dict[str, Any]) -> bytes:
+    """The canonical bytes of a wire form from `canonical_wire`: what a record's identity is
+    computed from. The lab's own serializer, not pydantic's: keys sorted, no spaces, UTF-8, and
+    numbers as Python writes them (the shortest text that reads back as the same float), so the
+    bytes depend on the values alone, not on the model's field order or a library's version."""
+    text = json.dumps(
+        wire, ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
+    )
+    return text.encode()
+
+
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
+
+
+def idempotency_key(value: str) -> str:
+    """A client's `Idempotency-Key` (HTTP header, then Kafka header), or ValueError saying why
+    it is not one: 1 to 255 printable ASCII characters, e.g. a UUID."""
+    if not 1 <= len(value) <= IDEMPOTENCY_KEY_MAX_LENGTH:
+        raise ValueError(
+            f"must be 1 to {IDEMPOTENCY_KEY_MAX_LENGTH} characters long, not {len(value)}"
+        )
+    if not (value.isascii() and value.isprintable()):
+        raise ValueError("must hold printable ASCII characters only (space to ~), e.g. a UUID")
+    return value
 
 
 def parse_json_object(raw: bytes | str | None) -> dict[str, Any]:

@@ -9,20 +9,23 @@ models (422) and duplicate `OrderId`s within the request (422).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter, ValidationError
 from starlette.requests import ClientDisconnect, Request
 
 from app.api.errors import ApiError, FieldError, field_errors, invalid_request
-from app.schemas import Purchase, UserEvent
+from app.schemas import IDEMPOTENCY_KEY_HEADER, Purchase, UserEvent, idempotency_key
 
 JSON_MEDIA_TYPE = "application/json"
 
 # What a body holds: one event (`PUT /SendEvent`) or an array of orders (`POST /PurchasedItems`).
 BodyKind = Literal["event", "purchases"]
-# `(key, value)` per record: `UserId` and the record's canonical JSON, as stored in Kafka.
+# `(key, value)` per record: `UserId` and the record's JSON (ids in NFC), as stored in Kafka.
 KafkaRecords = list[tuple[bytes, bytes]]
+# Kafka headers of a request's records: the client's `Idempotency-Key`, when it sent one.
+KafkaHeaders = Sequence[tuple[str, bytes]]
 
 
 def is_json_media_type(content_type: str | None) -> bool:
@@ -38,6 +41,26 @@ def too_large(limit: int) -> ApiError:
         413,
         f"The request body is larger than {limit} bytes (API_MAX_BODY_BYTES). "
         "Send fewer records per request.",
+    )
+
+
+def idempotency_headers(request: Request) -> KafkaHeaders:
+    """The client's `Idempotency-Key` as Kafka headers (none when it sent none), or a 400."""
+    values = request.headers.getlist(IDEMPOTENCY_KEY_HEADER)
+    if not values:
+        return []
+    if len(values) > 1:
+        problem = f"was sent {len(values)} times"
+    else:
+        try:
+            # Starlette reads header bytes as Latin-1: a byte beyond ASCII is refused by the rule.
+            return [(IDEMPOTENCY_KEY_HEADER, idempotency_key(values[0]).encode())]
+        except ValueError as error:
+            problem = str(error)
+    raise ApiError(
+        400,
+        f"The {IDEMPOTENCY_KEY_HEADER} header {problem}. Send one key per event, the same on "
+        "every retry of it, or leave the header out. Nothing was stored.",
     )
 
 

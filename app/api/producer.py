@@ -140,15 +140,24 @@ class RecordProducer:
         old.purge()
         old.flush(0)  # serves the purged records' reports: their requests fail now, not later
 
-    async def send(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
-        """Store `(key, value)` records in `topic`; return once the broker acknowledged all.
+    async def send(
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes, bytes]],
+        headers: Sequence[tuple[str, str | bytes | None]] = (),
+    ) -> None:
+        """Store `(key, value)` records in `topic`, each with `headers` (Kafka message headers);
+        return once the broker acknowledged all.
 
         Raises KafkaUnavailable when any record failed or no report came within the timeout.
         """
         pending = _Pending(self, asyncio.get_running_loop().create_future(), len(records))
+        message_headers = list(headers) or None
         try:
             for key, value in records:
-                self._producer.produce(topic, value, key, on_delivery=pending)
+                self._producer.produce(
+                    topic, value, key, on_delivery=pending, headers=message_headers
+                )
                 self.in_flight += 1
         except BufferError:
             # Records already queued may still be stored; the client's retry is at-least-once.

@@ -16,11 +16,18 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 from app.api.errors import ErrorBody
-from app.api.ingest import JSON_MEDIA_TYPE, KafkaRecords, read_json_body
+from app.api.ingest import (
+    JSON_MEDIA_TYPE,
+    KafkaHeaders,
+    KafkaRecords,
+    idempotency_headers,
+    read_json_body,
+)
 from app.api.metrics import CONTENT_TYPE_LATEST, ApiMetrics
 from app.api.producer import KafkaUnavailable, RecordProducer
 from app.api.validation import BodyValidator
 from app.core.config import Settings
+from app.schemas import IDEMPOTENCY_KEY_HEADER, IDEMPOTENCY_KEY_MAX_LENGTH
 
 
 class Ingest:
@@ -39,10 +46,13 @@ class Ingest:
         self.validator = validator
         self.metrics = metrics
 
-    async def publish(self, topic: str, records: KafkaRecords) -> Response:
-        """Store the records in `topic`; answer 200 once Kafka acknowledged them all."""
+    async def publish(
+        self, topic: str, records: KafkaRecords, headers: KafkaHeaders = ()
+    ) -> Response:
+        """Store the records in `topic`, each with `headers`; answer 200 once Kafka
+        acknowledged them all."""
         try:
-            await self.producer.send(topic, records)
+            await self.producer.send(topic, records, headers)
         except KafkaUnavailable as exc:
             self.metrics.produce_failures.labels(topic, exc.reason).inc()
             raise
@@ -71,7 +81,7 @@ def _error(description: str) -> dict[str, Any]:
 
 
 INGEST_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: _error("The body is not valid JSON."),
+    400: _error("The body is not valid JSON, or the Idempotency-Key header is not a valid key."),
     408: _error("The body did not arrive within API_BODY_TIMEOUT_SECONDS of the headers."),
     413: _error("Body over API_MAX_BODY_BYTES, or more orders than API_MAX_BATCH."),
     415: _error("Content-Type is not application/json."),
@@ -114,6 +124,25 @@ def _json_body(schema: dict[str, Any], examples: dict[str, Any]) -> dict[str, An
     }
 
 
+IDEMPOTENCY_KEY_PARAMETER = {
+    "name": IDEMPOTENCY_KEY_HEADER,
+    "in": "header",
+    "required": False,
+    "description": (
+        "Your name for this event, e.g. a UUID, sent again unchanged on every retry of it: the "
+        "event is then stored and counted once per key (the first one stored wins), and two "
+        "events with the same content but different keys are two. Without it an event is "
+        "identified by its content, so identical events are one."
+    ),
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH,
+        "pattern": "^[ -~]+$",
+    },
+}
+
+
 def ingest_router(ingest: Ingest) -> APIRouter:
     """The routes, with the configured limits shown in their OpenAPI documentation."""
     settings = ingest.settings
@@ -124,17 +153,21 @@ def ingest_router(ingest: Ingest) -> APIRouter:
         summary="Store one user event in topic UserEvents",
         response_model=Accepted,
         responses=INGEST_ERRORS,
-        openapi_extra=_json_body(
-            {"$ref": "#/components/schemas/UserEvent"},
-            {"added to basket": {"value": EVENT_EXAMPLE}},
-        ),
+        openapi_extra={
+            **_json_body(
+                {"$ref": "#/components/schemas/UserEvent"},
+                {"added to basket": {"value": EVENT_EXAMPLE}},
+            ),
+            "parameters": [IDEMPOTENCY_KEY_PARAMETER],
+        },
     )
     async def send_event(request: Request) -> Response:
+        headers = idempotency_headers(request)
         body = await read_json_body(
             request, settings.api_max_body_bytes, settings.api_body_timeout_seconds
         )
         records = await ingest.validator.records("event", body)
-        return await ingest.publish(settings.topic_user_events, records)
+        return await ingest.publish(settings.topic_user_events, records, headers)
 
     @router.post(
         "/PurchasedItems",

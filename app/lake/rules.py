@@ -32,7 +32,7 @@ from pyspark.sql import Column
 from pyspark.sql import functions as F
 
 from app.lake.schema import model_fields
-from app.schemas import Purchase
+from app.schemas import NormalForm, Purchase
 
 # The contract's date-time: ISO 8601 text with a zone (see `app.schemas.Timestamp`).
 ISO_DATE_TIME = (
@@ -49,10 +49,12 @@ _BOUNDS: dict[type, tuple[str, Callable[[Column, Any], Column], str]] = {
     annotated_types.Le: ("le", operator.gt, "<="),
     annotated_types.Lt: ("lt", operator.ge, "<"),
 }
-# Enforced before the rules run: strict types by parsing into the struct schema (a string where
-# a number belongs makes a corrupt record), no NaN/Infinity by the JSON-object check (they are
-# not JSON). Validators and serializers are Python code: the API runs them; what they enforce
-# on date-times (ISO text with a zone) has its own rule below.
+# Enforced before the rules run (`app.lake.parse`): strict types (a string where a number
+# belongs makes a corrupt record; anything but a JSON string where text belongs has its own
+# reason), no NaN/Infinity by the JSON-object check (they are not JSON). Validators and
+# serializers are Python code: the API runs them; what they enforce on ids (the character rule,
+# NFC) is said again by `TextPattern` and `NormalForm`, on date-times (ISO text with a zone) by
+# its own rule below.
 _ENFORCED_ELSEWHERE = (
     Strict,
     AllowInfNan,
@@ -62,6 +64,13 @@ _ENFORCED_ELSEWHERE = (
     WrapValidator,
     PlainSerializer,
 )
+
+
+def normal_form(text: Column) -> Column:
+    """`text` in Unicode NFC (`NormalForm`), by the ICU library Spark ships: what Python's
+    `unicodedata.normalize("NFC", ...)` gives for every text the identifier rule accepts."""
+    composed = F.reflect(F.lit("com.ibm.icu.text.Normalizer"), F.lit("compose"), text, F.lit(False))
+    return F.when(text.isNotNull(), composed)  # ICU refuses null
 
 
 def _constraint_rule(item: Any, name: str, where: str, *, is_list: bool) -> Rule | None:
@@ -81,6 +90,11 @@ def _constraint_rule(item: Any, name: str, where: str, *, is_list: bool) -> Rule
         attribute, breaks, symbol = _BOUNDS[kind]
         bound = getattr(item, attribute)
         return (lambda r: breaks(r[name], bound), f"{where} must be {symbol} {bound}")
+    if isinstance(item, NormalForm):
+        return (
+            lambda r: F.length(normal_form(r[name])) > item.max_length,
+            f"{where} {item.message}",
+        )
     if getattr(item, "pattern", None):
         pattern = item.pattern
         # A rule of the contract (`app.schemas.TextPattern`) says itself what it wants.

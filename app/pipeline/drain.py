@@ -1,8 +1,11 @@
 """Task 1 of the DAG: move every `UserEvents` message waiting in Kafka into MongoDB, exactly once.
 
-An event's identity is a fingerprint of its content (`event_id`), not where Kafka put it: a client
-that retries after a timeout may deliver the same event twice, at two offsets, and it must be
-stored and counted once. The Kafka coordinates stay on the document as lineage.
+An event's identity is a fingerprint of its canonical content (`event_id`), not where Kafka put
+it: a client that retries after a timeout may deliver the same event twice, at two offsets, and it
+must be stored and counted once. A client that sent an `Idempotency-Key` named the event itself:
+the key is its identity, so two real, identical events with two keys are both stored and counted,
+and a key sent twice is stored once, as first stored (later bodies under that key are duplicates).
+The Kafka coordinates stay on the document as lineage.
 
 Exactly once, whatever crashes, retries or resets happen, comes from the order of three writes
 per batch:
@@ -59,7 +62,14 @@ from app.core.errors import LabError
 from app.core.kafka import topic_id as current_topic_id
 from app.core.kafka import topic_partitions
 from app.pipeline.store import EventStore
-from app.schemas import UserEvent, parse_json_object
+from app.schemas import (
+    IDEMPOTENCY_KEY_HEADER,
+    UserEvent,
+    canonical_json,
+    canonical_wire,
+    idempotency_key,
+    parse_json_object,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +114,21 @@ class Batch:
     commit: dict[TopicPartition, int] = field(default_factory=dict)
 
 
-def event_id(event: UserEvent) -> str:
-    """The `_id` of an event: a fingerprint of its canonical content (the wire form the API
-    stores, with the time normalised to UTC), the same whichever message carries it."""
-    return hashlib.sha256(event.to_json_bytes()).hexdigest()[:32]
+def event_id(event: UserEvent, idempotency_key: str | None = None) -> str:
+    """The `_id` of an event: the client's `Idempotency-Key` when it gave one, else a fingerprint
+    of the event's canonical form (`app.schemas.canonical_json`: NFC ids, UTC time, one zero),
+    the same whichever message carries it and however the client spelled it."""
+    return _identity(canonical_wire(event), idempotency_key)
+
+
+def _identity(wire: dict[str, Any], idempotency_key: str | None) -> str:
+    # A key and a content are hashed in separate name spaces: neither can take the other's id.
+    basis = (
+        canonical_json(wire)
+        if idempotency_key is None
+        else f"{IDEMPOTENCY_KEY_HEADER}:{idempotency_key}".encode()
+    )
+    return hashlib.sha256(basis).hexdigest()[:32]
 
 
 def message_id(topic: str, topic_id: str | None, partition: int, offset: int) -> str:
@@ -133,13 +154,20 @@ def _kafka_lineage(record: ConsumerRecord, topic_id: str | None) -> Document:
     }
 
 
-def event_document(event: UserEvent, record: ConsumerRecord, topic_id: str | None) -> Document:
-    """The stored form of a valid event: its wire fields, `TimeStamp` as a date, and where it
-    came from in Kafka."""
-    document: Document = {"_id": event_id(event)}
-    document.update(event.to_wire())
+def event_document(
+    event: UserEvent,
+    record: ConsumerRecord,
+    topic_id: str | None,
+    idempotency_key: str | None = None,
+) -> Document:
+    """The stored form of a valid event: its canonical wire fields, `TimeStamp` as a date, the
+    client's `IdempotencyKey` when it gave one, and where it came from in Kafka."""
+    wire = canonical_wire(event)
+    document: Document = {"_id": _identity(wire, idempotency_key), **wire}
     # A BSON date (millisecond precision) so time queries and sorting work in MongoDB.
     document["TimeStamp"] = event.timestamp
+    if idempotency_key is not None:
+        document["IdempotencyKey"] = idempotency_key
     document["Kafka"] = _kafka_lineage(record, topic_id)
     return document
 
@@ -183,11 +211,27 @@ def prepare_batch(records: Iterable[ConsumerRecord], topic_id: str | None) -> Ba
         batch.first_offsets.setdefault(record.partition, record.offset)
         try:
             event = parse_event(record.value)
+            key = message_idempotency_key(record.headers)
         except ValueError as error:
             batch.quarantine.append(quarantine_document(record, invalid_reason(error), topic_id))
             continue
-        batch.events.append(event_document(event, record, topic_id))
+        batch.events.append(event_document(event, record, topic_id, key))
     return batch
+
+
+def message_idempotency_key(headers: Sequence[tuple[str, bytes | None]] | None) -> str | None:
+    """The `Idempotency-Key` header of a message (the API copies the client's), or None; a
+    ValueError when it is not a valid key, as the API would have refused it."""
+    values = [value for name, value in headers or () if name == IDEMPOTENCY_KEY_HEADER]
+    if not values:
+        return None
+    if len(values) > 1:
+        raise ValueError(f"{IDEMPOTENCY_KEY_HEADER} header: {len(values)} of them, at most one")
+    try:
+        # Latin-1 reads any bytes, so a byte beyond ASCII gets the rule's own sentence.
+        return idempotency_key((values[0] or b"").decode("latin-1"))
+    except ValueError as error:
+        raise ValueError(f"{IDEMPOTENCY_KEY_HEADER} header {error}") from None
 
 
 def parse_event(raw: bytes | None) -> UserEvent:

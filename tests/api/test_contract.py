@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import unicodedata
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -66,6 +67,10 @@ EVENT_CASES = [
     ("UserId with a tab", event(UserId="ay\tse"), "UserId", "value_error"),
     ("UserId with a zero-width space", event(UserId="ay\u200bse"), "UserId", "value_error"),
     ("UserId too long", event(UserId="u" * 65), "UserId", "string_too_long"),
+    # 30 characters as sent, 90 in NFC (U+FB2C has no composed form): what is stored is too long.
+    ("UserId too long once in NFC", event(UserId="\ufb2c" * 30), "UserId", "value_error"),
+    ("UserId ending in a line break", event(UserId="ayse\n"), "UserId", "value_error"),
+    ("UserId ending in U+2028", event(UserId="ayse\u2028"), "UserId", "value_error"),
     ("missing SessionId", without(event(), "SessionId"), "SessionId", "missing"),
     ("unknown EventName", event(EventName="Clicked"), "EventName", "enum"),
     ("EventName in other case", event(EventName="pagevisited"), "EventName", "enum"),
@@ -289,3 +294,41 @@ def test_an_unexpected_failure_is_a_json_500_not_a_traceback(
         response = broken_client.put("/SendEvent", json=event())
     assert response.status_code == 500
     assert "failed unexpectedly (RuntimeError); this is a bug" in response.json()["detail"]
+
+
+def test_ids_are_stored_in_nfc_and_the_idempotency_key_travels_to_kafka(
+    client: TestClient,
+    api_settings: Settings,
+    read_topic: Callable[[Settings, str], list[Message]],
+) -> None:
+    nfd = unicodedata.normalize("NFD", "Çağrı Öztürk \U0001fae0")  # U+1FAE0: Unicode 14
+    sent = event(UserId=nfd, SessionId="idempotency-test")
+    response = client.put("/SendEvent", json=sent, headers={"Idempotency-Key": "order 7, try 1"})
+    assert response.status_code == 200, response.text
+    [stored] = [
+        m
+        for m in read_topic(api_settings, api_settings.topic_user_events)
+        if b"idempotency-test" in m.value()
+    ]
+    assert (
+        stored.key().decode() == json.loads(stored.value())["UserId"] == "Çağrı Öztürk \U0001fae0"
+    )
+    assert stored.headers() == [("Idempotency-Key", b"order 7, try 1")]
+
+
+@pytest.mark.parametrize(
+    ("headers", "problem"),
+    [
+        ({"Idempotency-Key": ""}, "must be 1 to 255 characters long, not 0"),
+        ({"Idempotency-Key": "k" * 256}, "must be 1 to 255 characters long, not 256"),
+        ({"Idempotency-Key": "clé".encode()}, "must hold printable ASCII characters only"),
+        ([("Idempotency-Key", "a"), ("Idempotency-Key", "b")], "was sent 2 times"),
+    ],
+    ids=["empty", "too long", "not ASCII", "twice"],
+)
+def test_an_invalid_idempotency_key_is_a_400_naming_the_header(
+    client: TestClient, headers: Any, problem: str
+) -> None:
+    response = client.put("/SendEvent", json=event(), headers=headers)
+    detail = _assert_refused(response, 400)["detail"]
+    assert f"The Idempotency-Key header {problem}" in detail, detail

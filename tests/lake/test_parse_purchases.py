@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+import unicodedata
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Annotated, Any
 
@@ -20,7 +22,7 @@ from pyspark.sql import SparkSession
 from app.lake.parse import parse_purchases, quarantined_purchases, valid_purchases
 from app.lake.rules import PURCHASE_RULES, record_rules
 from app.lake.schema import PURCHASE_ROW, QUARANTINE_ROW
-from app.schemas import Purchase, PurchasedProduct, Record
+from app.schemas import Purchase, PurchasedProduct, Record, canonical_wire
 from tests.lake.helpers import make_orders, spark_orders
 
 KAFKA_TIME = datetime(2026, 11, 27, 23, 59, 59, 999_000, tzinfo=UTC)
@@ -66,6 +68,17 @@ POISON: dict[str, tuple[bytes | None, str]] = {
     "OrderId with a tab": (_variant(OrderId="O\t1"), "OrderId must be printable text"),
     "UserId with a leading space": (_variant(UserId=" U1"), "UserId must be printable text"),
     "UserId too long": (_variant(UserId="U" * 65), "UserId must have at most 64 character(s)"),
+    # 30 characters as sent, 90 in NFC (U+FB2C has no composed form): too long for the API too.
+    "UserId too long once in NFC": (_variant(UserId="\ufb2c" * 30), "once in Unicode NFC"),
+    # Java's `$` would accept a line terminator at the end: the rule ends with \z.
+    "UserId ending in a line break": (_variant(UserId="U1\n"), "UserId must be printable text"),
+    "UserId ending in U+2028": (_variant(UserId="U1\u2028"), "UserId must be printable text"),
+    # Spark reads a number, a boolean or an object where text belongs as its JSON text.
+    "UserId a number": (_variant(UserId=123), "UserId must be a string"),
+    "ProductId a boolean": (_product(ProductId=True), "Products[].ProductId must be a string"),
+    "OrderId an object": (_variant(OrderId={"id": 1}), "OrderId must be a string"),
+    # Spark reads a lone surrogate as "?"; the API answers 400 (not valid JSON).
+    "a lone surrogate escape": (_variant(UserId="U\ud800"), "lone UTF-16 surrogate"),
     "unknown field": (_variant(Coupon="FREE"), "unknown field(s): Coupon"),
     "TimeStamp without a zone": (
         _variant(TimeStamp="2026-11-27T10:15:00"),
@@ -141,3 +154,26 @@ def test_a_constraint_without_a_spark_rule_is_refused() -> None:
 
     with pytest.raises(TypeError, match="no Spark rule"):
         record_rules(Odd)
+
+
+def test_a_valid_order_is_stored_in_the_canonical_form_the_api_gives_it(
+    spark: SparkSession,
+) -> None:
+    """NFD ids come out in NFC, -0.0 as 0.0, an emoji of Unicode 14 (U+1FAE0, which Java 17
+    does not know) and a surrogate pair escape are accepted: the lake row is the API's record."""
+    line = {
+        **WIRE["Products"][0],
+        "ProductId": unicodedata.normalize("NFD", "çay-ürün"),
+        "ItemDiscount": -0.0,
+    }
+    sent = _variant(
+        UserId=unicodedata.normalize("NFD", "Çağrı Öztürk"), OrderId="\U0001fae0 1", Products=[line]
+    )
+    assert b"\\ud83e\\udee0" in sent  # json.dumps escapes it as a surrogate pair
+    frame = spark.createDataFrame(
+        [(sent, 0, 0, KAFKA_TIME)], "value binary, partition int, offset long, timestamp timestamp"
+    )
+    [row] = spark_orders(valid_purchases(parse_purchases(frame)))
+    assert row == canonical_wire(Purchase.model_validate_json(sent))
+    assert (row["UserId"], row["Products"][0]["ProductId"]) == ("Çağrı Öztürk", "çay-ürün")
+    assert math.copysign(1, row["Products"][0]["ItemDiscount"]) == 1
