@@ -96,18 +96,37 @@ class EventStore:
                 found[document["_id"]] = document
         return found
 
-    def write_counts(self, documents: Sequence[Document], existing: set[str]) -> None:
-        """Store counts documents whole: the ones whose `_id` is not in `existing` with one
-        `insert_many`, the others each with one atomic single-document update, several update
-        commands at a time (each document is in one of them, so their order does not matter)."""
-        new = [document for document in documents if document["_id"] not in existing]
+    def write_counts(self, documents: Sequence[Document], existing: set[str]) -> set[str]:
+        """Store counts documents whole, each only if nobody changed it since it was read; return
+        the `_id`s that may not have been written (another refresh got there first): read them
+        again and redo them.
+
+        Each document carries a `Version` that every write raises by one. A document whose `_id`
+        is in `existing` is updated where its `Version` is still the one read (`_id` plus a field
+        in the filter: the stand-in still finds it by its `_id` index), the others inserted: an
+        insert that meets a duplicate key lost a race too. Updates go several commands at a time
+        (each document is in one of them, so their order does not matter); a command reports
+        only how many matched, so a command short of its size returns all its `_id`s.
+        """
+        lost: set[str] = set()
+        new = [
+            {**document, "Version": 1} for document in documents if document["_id"] not in existing
+        ]
         if new:
-            self.counts.insert_many(new, ordered=False)
+            lost |= {new[index]["_id"] for index in self.insert_new(self.counts, new)}
         updates = [
-            UpdateOne(
-                {"_id": document["_id"]},
-                {"$set": {k: v for k, v in document.items() if k != "_id"}},
-                upsert=True,
+            (
+                document["_id"],
+                UpdateOne(
+                    # A document from before versions has none: `None` matches a missing field.
+                    {"_id": document["_id"], "Version": document.get("Version")},
+                    {
+                        "$set": {
+                            **{k: v for k, v in document.items() if k not in ("_id", "Version")},
+                            "Version": (document.get("Version") or 0) + 1,
+                        }
+                    },
+                ),
             )
             for document in documents
             if document["_id"] in existing
@@ -116,9 +135,16 @@ class EventStore:
             updates[start : start + UPDATES_PER_COMMAND]
             for start in range(0, len(updates), UPDATES_PER_COMMAND)
         ]
+
+        def run(command: list[tuple[str, UpdateOne]]) -> set[str]:
+            result = self.counts.bulk_write([update for _, update in command], ordered=False)
+            return set() if result.matched_count == len(command) else {key for key, _ in command}
+
         with ThreadPoolExecutor(self.write_threads, thread_name_prefix="counts-write") as pool:
-            # list() re-raises the first failed command's error.
-            list(pool.map(lambda command: self.counts.bulk_write(command, ordered=False), commands))
+            # Iterating the results re-raises the first failed command's error.
+            for missed in pool.map(run, commands):
+                lost |= missed
+        return lost
 
     def pending_batches(self) -> Iterable[Document]:
         """Every pending batch, in `_id` order (per partition, by first offset)."""

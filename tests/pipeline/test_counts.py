@@ -6,11 +6,18 @@ MongoDB collections after real drains, including after a crash in the middle of 
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+import pytest
+from pymongo.collection import Collection
+
+from app.core.clients import Document
 from app.core.config import Settings
 from app.pipeline.counts import apply_batches, pair_key, refresh_event_counts
 from app.pipeline.drain import drain_user_events
+from app.pipeline.store import EventStore
 from tests.pipeline.helpers import (
     expected_counts,
     make_events,
@@ -169,4 +176,63 @@ def test_refresh_killed_half_way_is_completed_by_the_next_one(lab_services: Sett
 
         assert 0 < summary.events_counted < 600  # only what the killed refresh had not written
         assert stored_counts(settings) == expected_counts(first + second)
+        assert event_store(settings).pending.count_documents({}) == 0
+
+
+@pytest.mark.parametrize("new_users", [0, 20], ids=["known-pairs", "new-pairs"])
+def test_two_refreshes_racing_count_every_event_once(
+    lab_services: Settings, monkeypatch: pytest.MonkeyPatch, new_users: int
+) -> None:
+    """A refresh that read the counts and then stalls (a zombie task, a paused worker) while a
+    drain and a whole refresh run beside it: when it goes on, its writes must not overwrite
+    what the other counted, nor fail on the pairs the other created."""
+    first = make_events(300, users=20, seed=11)
+    second = make_events(300, users=20 + new_users, seed=12)
+    third = make_events(300, users=40, seed=13)
+    with pipeline_settings(lab_services) as settings:
+        produce_events(settings, first)
+        drain_user_events(settings)
+        refresh_event_counts(settings)
+        produce_events(settings, second)
+        drain_user_events(settings)
+
+        read, resume = threading.Event(), threading.Event()
+        find_by_ids = EventStore.find_by_ids
+
+        def stall_after_reading_counts(
+            collection: Collection[Document], ids: Iterable[str], fields: Sequence[str] = ()
+        ) -> dict[str, Document]:
+            found = find_by_ids(collection, ids, fields)
+            stalled = threading.current_thread().name == "stalled-refresh"
+            if (
+                stalled
+                and collection.name == settings.mongo_counts_collection
+                and not read.is_set()
+            ):
+                read.set()
+                assert resume.wait(60)
+            return found
+
+        monkeypatch.setattr(EventStore, "find_by_ids", staticmethod(stall_after_reading_counts))
+        outcome: dict[str, Any] = {}
+
+        def stalled_refresh() -> None:
+            try:
+                outcome["summary"] = refresh_event_counts(settings)
+            except Exception as error:
+                outcome["error"] = error
+
+        stalled = threading.Thread(target=stalled_refresh, name="stalled-refresh")
+        stalled.start()
+        assert read.wait(60)
+        produce_events(settings, third)
+        drain_user_events(settings)
+        other = refresh_event_counts(settings)
+        resume.set()
+        stalled.join(60)
+
+        assert other.events_counted == 600
+        assert stored_counts(settings) == expected_counts(first + second + third)
+        assert "error" not in outcome, outcome
+        assert outcome["summary"].retries >= 1  # its writes lost, were redone, changed nothing
         assert event_store(settings).pending.count_documents({}) == 0
