@@ -13,6 +13,7 @@ from pyspark.sql.streaming.query import StreamingQuery
 
 from app.core.clients import s3_filesystem
 from app.core.config import Settings
+from app.lake.gaps import ACK_COMMAND, gaps_url
 
 Log = Callable[[str], None]
 PROBE_TIMEOUT_SECONDS = 3.0
@@ -60,9 +61,12 @@ def explain_failure(query: StreamingQuery, message: str, settings: Settings) -> 
         )
     elif _data_loss(message):
         advice = (
-            "the checkpoint points at offsets Kafka no longer has (topic re-created or "
-            "retention). To start over from what Kafka holds, run `task lake-reset` (it removes "
-            f"the checkpoints in {settings.checkpoint_dir} and the lake folders they fed)"
+            "the checkpoint points at offsets Kafka no longer has. After retention or deleted "
+            f"records, run `{ACK_COMMAND}` to go on from the oldest order Kafka holds and keep "
+            f"the lake (it records which orders are lost in {gaps_url(settings)}). After a "
+            "re-created topic, or to start over, run `task lake-reset` (it removes the "
+            f"checkpoints in {settings.checkpoint_dir} and the lake folders they fed; the "
+            "stream writes again what Kafka holds)"
         )
     else:
         advice = f"see the Spark log above; the checkpoint is in {settings.checkpoint_dir}"

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 from urllib.parse import unquote
 
 from fsspec import AbstractFileSystem
@@ -47,16 +49,10 @@ def _key(url: str) -> str:
     return unquote(url.split("://", 1)[-1])
 
 
-def committed_files(settings: Settings, url: str) -> list[str]:
-    """The data files a file sink has committed (its `_spark_metadata` log), as s3 keys.
-
-    A reader that lists the folder instead would also see files of a batch cut short by a
-    crash, were they not removed at the stream's next start; Spark reads this log itself,
-    pyarrow and s3fs readers may use this function.
-    """
-    fs, folder = location(settings, url)
-    log_dir = f"{folder}/{SINK_LOG}"
-    batches = _batch_names(fs, log_dir)
+def _listed_files(
+    fs: AbstractFileSystem, log_dir: str, batches: list[tuple[int, str]]
+) -> list[str]:
+    """The data files the log entries `batches` (as `_batch_names` lists them) commit."""
     # A compaction holds every entry so far, so reading starts at the latest one.
     start = max((batch for batch, name in batches if name.endswith(".compact")), default=0)
     files: dict[str, None] = {}
@@ -72,6 +68,18 @@ def committed_files(settings: Settings, url: str) -> list[str]:
     return list(files)
 
 
+def committed_files(settings: Settings, url: str) -> list[str]:
+    """The data files a file sink has committed (its `_spark_metadata` log), as s3 keys.
+
+    A reader that lists the folder instead would also see files of a batch cut short by a
+    crash, were they not removed at the stream's next start; Spark reads this log itself,
+    pyarrow and s3fs readers may use this function.
+    """
+    fs, folder = location(settings, url)
+    log_dir = f"{folder}/{SINK_LOG}"
+    return _listed_files(fs, log_dir, _batch_names(fs, log_dir))
+
+
 def committed_rows(settings: Settings, url: str) -> int:
     """How many rows the committed files of the sink at `url` hold (their footers only)."""
     import pyarrow.dataset as ds
@@ -83,20 +91,26 @@ def committed_rows(settings: Settings, url: str) -> int:
     return int(ds.dataset(files, filesystem=fs, format="parquet").count_rows())
 
 
-def folder_files(settings: Settings, url: str) -> list[str]:
-    """Every data file under a sink folder, as a plain reader would list it: files and folders
-    whose names start with `_` or `.` (the sink log, markers) are not data, to Spark or pyarrow."""
-    fs, folder = location(settings, url)
+def _data_files(fs: AbstractFileSystem, folder: str) -> dict[str, dict[str, Any]]:
+    """Every data file under a sink folder with its listing, as a plain reader would list it:
+    files and folders whose names start with `_` or `.` (the sink log, markers) are not data, to
+    Spark or pyarrow."""
     try:
-        found = fs.find(folder)
+        found: dict[str, dict[str, Any]] = fs.find(folder, detail=True)
     except FileNotFoundError:
-        return []
-    return [
-        path
-        for path in found
+        return {}
+    return {
+        path: info
+        for path, info in found.items()
         if not path.endswith("/")
         and not any(part.startswith(("_", ".")) for part in path[len(folder) :].split("/"))
-    ]
+    }
+
+
+def folder_files(settings: Settings, url: str) -> list[str]:
+    """Every data file under a sink folder, as a plain reader would list it."""
+    fs, folder = location(settings, url)
+    return list(_data_files(fs, folder))
 
 
 def orphan_files(settings: Settings, url: str) -> list[str]:
@@ -106,13 +120,52 @@ def orphan_files(settings: Settings, url: str) -> list[str]:
 
 
 def remove_orphans(settings: Settings, url: str) -> list[str]:
-    """Delete the orphan files of a sink folder; only safe while no query writes to it (the
-    caller holds the checkpoint's writer lock and has not started its queries)."""
+    """Delete the orphan files of a sink folder; only safe while no process can still commit
+    to it (the caller holds the writer lock, its former holder is gone, and the caller has not
+    started its queries). Otherwise use `remove_stale_orphans`."""
     orphans = orphan_files(settings, url)
     if orphans:
         fs, _ = location(settings, url)
         fs.rm(orphans)
     return orphans
+
+
+def _second(info: dict[str, Any]) -> int:
+    """The whole second, on the storage's clock, a listed file was written."""
+    stamp = info["LastModified"] if "LastModified" in info else info["mtime"]  # s3fs | local
+    return int(stamp.timestamp() if isinstance(stamp, datetime) else float(stamp))
+
+
+def remove_stale_orphans(settings: Settings, url: str) -> tuple[list[str], list[str]]:
+    """Delete the orphan files nobody can commit any more, even a former writer that is still
+    alive (paused, or cut off from S3, after its writer lease was taken over); (removed, kept).
+
+    An orphan is stale when it was written in an earlier second than the sink log's latest entry
+    (batch L), both by the storage server's clock. Why nobody can commit it: a file is written
+    by an attempt at some batch. An attempt at a batch after L starts only once the log holds L
+    (a query plans batch L+1 after batch L is committed, by itself or, for a batch it skips, by
+    another writer), so all its files are written after L's entry; a stale orphan was written
+    before, so it belongs to a batch at or below L. Each batch id is committed once (the log's
+    files are created only if absent; a second commit of a batch fails the query that tries), and
+    every batch up to L is committed without it. No writer's clock, and no bound on how long a
+    writer may stay paused, enters the argument. The committed files and L's time are read from
+    one listing of the log, so a commit landing meanwhile cannot make its files look stale.
+
+    Kept orphans (written in L's second or after) may belong to a batch in flight; they become
+    stale once a later batch is committed."""
+    fs, folder = location(settings, url)
+    log_dir = f"{folder}/{SINK_LOG}"
+    batches = _batch_names(fs, log_dir)
+    committed = set(_listed_files(fs, log_dir, batches))
+    files = _data_files(fs, folder)
+    orphans = {path: info for path, info in files.items() if path not in committed}
+    if not batches:
+        return [], list(orphans)
+    latest = _second(fs.info(f"{log_dir}/{batches[-1][1]}"))
+    stale = [path for path, info in orphans.items() if _second(info) < latest]
+    if stale:
+        fs.rm(stale)
+    return stale, [path for path in orphans if path not in stale]
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ because Kafka or S3 does not answer is an outage, not an error (`app.lake.failur
 apart): the queries are stopped, the stream waits until both answer, then restarts them from
 their checkpoints (with backoff when restarts fail in a row). Any other failure (a missing jar,
 lost Kafka data, a checkpoint that disagrees with the lake) ends the job with what happened and
-what to run.
+what to run. A lost writer lock (an S3 lease taken over, or not renewed in time) kills the JVM at
+once and ends the job, saying who holds the lock now: a polite stop would let the batch in
+flight commit beside the new writer.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import NoReturn
 
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming.query import StreamingQuery
@@ -38,10 +41,15 @@ from app.lake.failures import (
     is_outage,
     unreachable,
 )
+from app.lake.gaps import find_gaps
+from app.lake.gaps import refusal as gap_refusal
 from app.lake.queries import sinks, start_queries, stop_queries
-from app.lake.sink_log import SINK_LOG, disagreement, remove_orphans
+from app.lake.sink_log import SINK_LOG, disagreement, remove_orphans, remove_stale_orphans
 from app.lake.spark import build_spark_session
-from app.lake.writer_lock import LeaseUnreachable, WriterLock, writer_lock
+from app.lake.writer_lock import LeaseLost, WriterLock, writer_lock
+
+# Files kept by the clean-up because a former writer may still commit them, by sink folder.
+Kept = dict[str, set[str]]
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # On SIGTERM a query's stop waits at most this long for its batch in flight: honcho sends
@@ -74,20 +82,53 @@ def preflight(settings: Settings) -> None:
         )
 
 
-def prepare_sinks(settings: Settings, log: Log) -> None:
-    """Refuse a checkpoint that disagrees with its sink log; remove files no commit lists.
-    Run while holding the writer lock, before the queries start."""
+def prepare_sinks(settings: Settings, log: Log, former_may_write: bool = False) -> Kept:
+    """Refuse a checkpoint that disagrees with its sink log or resumes at offsets Kafka no
+    longer holds (`app.lake.gaps`); remove files no commit lists.
+    Run while holding the writer lock, before the queries start. With `former_may_write` (the
+    lock was taken over from a holder that may still be alive) only the files nobody can commit
+    any more go (`remove_stale_orphans`); the others are returned, for `sweep` to remove later."""
     for sink in sinks(settings):
         problem = disagreement(settings, sink.url, sink.checkpoint)
         if problem:
             raise LabError(problem)
+    gaps = find_gaps(settings)
+    if gaps:
+        raise LabError(gap_refusal(settings, gaps))
+    kept: Kept = {}
     for sink in sinks(settings):
-        removed = remove_orphans(settings, sink.url)
+        if former_may_write:
+            removed, left = remove_stale_orphans(settings, sink.url)
+        else:
+            removed, left = remove_orphans(settings, sink.url), []
         if removed:
             log(
                 f"{sink.name}: removed {len(removed)} file(s) that no commit of "
                 f"{sink.url.rstrip('/')}/{SINK_LOG} lists (left by an attempt cut short)"
             )
+        if left:
+            kept[sink.url] = set(left)
+            log(
+                f"{sink.name}: kept {len(left)} file(s) that no commit lists yet: the job that "
+                "held the writer lease before may still commit them; they are removed once a "
+                "later batch is committed"
+            )
+    return kept
+
+
+def sweep(settings: Settings, kept: Kept, log: Log) -> None:
+    """Remove the files `prepare_sinks` kept once nobody can commit them (safe while the queries
+    run: see `remove_stale_orphans`); `kept` is updated to what is left."""
+    for url in list(kept):
+        removed, left = remove_stale_orphans(settings, url)
+        kept[url] &= set(left)
+        if removed:
+            log(
+                f"{url}: removed {len(removed)} file(s) that no commit lists, now that a later "
+                "batch is committed"
+            )
+        if not kept[url]:
+            del kept[url]
 
 
 def _stream_session(settings: Settings, master: str | None) -> SparkSession:
@@ -113,12 +154,15 @@ def _stream_session(settings: Settings, master: str | None) -> SparkSession:
     return spark
 
 
-def _report_progress(queries: list[StreamingQuery], seen: dict[str, int], log: Log) -> None:
+def _report_progress(queries: list[StreamingQuery], seen: dict[str, int], log: Log) -> bool:
+    """Log each query's batches finished since the last call; True if there were any."""
+    new = False
     for query in queries:
         progress = query.lastProgress
         if progress is None or progress["batchId"] <= seen.get(query.name, -1):
             continue
         seen[query.name] = progress["batchId"]
+        new = True
         counts = progress["observedMetrics"].get("messages")
         if counts and counts["messages"]:
             took = progress["durationMs"].get("triggerExecution", 0) / 1000
@@ -126,6 +170,7 @@ def _report_progress(queries: list[StreamingQuery], seen: dict[str, int], log: L
                 f"{query.name}: batch {progress['batchId']}, {counts['messages']} messages "
                 f"({counts['not_valid']} not valid orders) in {took:.1f} s"
             )
+    return new
 
 
 @contextlib.contextmanager
@@ -160,24 +205,55 @@ def _stop_requests(seconds: float, log: Log) -> Iterator[list[int]]:
             signal.signal(number, handler)
 
 
+def _kill_jvm() -> int:
+    """Kill the JVM (and the Python workers it started) at once. From here on the main thread's
+    calls into the dead JVM fail: its output goes nowhere. Returns a copy of stderr for a last
+    word."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    last_word = os.dup(2)
+    with open(os.devnull, "wb") as devnull:
+        os.dup2(devnull.fileno(), 1)
+        os.dup2(devnull.fileno(), 2)
+    kill_tree(os.getpid(), include_root=False)
+    return last_word
+
+
 def _abandon(seconds: float, log: Log) -> None:
-    """The stop took too long: kill the JVM (and the Python workers it started) and exit 0 at
-    once. Nothing is lost: the checkpoint's file lock or S3 lease goes with the process, and the
-    next start removes the cut-short batch's files and writes the batch again."""
+    """The stop took too long: kill the JVM and exit 0 at once. Nothing is lost: the
+    checkpoint's file lock or S3 lease goes with the process, and the next start removes the
+    cut-short batch's files and writes the batch again."""
     try:
         log(
             f"the stop took more than {seconds:g} s: killed the JVM; the micro-batch "
             "cut short is written again on the next start"
         )
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # From here on the main thread's calls into the dead JVM fail: say nothing more.
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 1)
-            os.dup2(devnull.fileno(), 2)
-        kill_tree(os.getpid(), include_root=False)
+        _kill_jvm()
     finally:
         os._exit(0)
+
+
+def _lock_lost(lock: WriterLock, reason: LabError) -> NoReturn:
+    """The writer lock is lost (called on the lock's own thread): kill the JVM before it can
+    commit another file, then say why and who holds the lock now, and exit 1."""
+    try:
+        last_word = _kill_jvm()
+        other = lock.holder()
+        if other is None:
+            what = (
+                f"{reason}. This stream killed its JVM at once, so that it cannot write beside "
+                "a job that takes the lease over; start it again once S3 answers (`task "
+                "infra-up`)."
+            )
+        else:
+            held = "" if isinstance(reason, LeaseLost) else f"; {other} holds it now"
+            what = (
+                f"{reason}{held}. This stream killed its JVM at once, so that only that job "
+                "writes the lake; the micro-batch this one had in flight is that job's to write."
+            )
+        os.write(last_word, f"app.lake: {what}\n".encode())
+    finally:
+        os._exit(1)
 
 
 def _pause(seconds: float, received: list[int]) -> None:
@@ -200,15 +276,17 @@ def run_stream(
     preflight(settings)
     lock = writer_lock(settings)
     lock.acquire()
+    lock.keep(lambda reason: _lock_lost(lock, reason))
     try:
         # Before the JVM starts: a refusal takes a second, not half a minute.
-        prepare_sinks(settings, log)
+        kept = prepare_sinks(settings, log, lock.former_may_write)
         spark = _stream_session(settings, master)
         with _stop_requests(settings.spark_stop_seconds, log) as received:
             try:
-                _supervise(spark, settings, lock, available_now, log, received)
+                _supervise(spark, settings, lock, kept, available_now, log, received)
             finally:
                 spark.stop()
+        sweep(settings, kept, log)
     finally:
         lock.release()
 
@@ -217,6 +295,7 @@ def _supervise(
     spark: SparkSession,
     settings: Settings,
     lock: WriterLock,
+    kept: Kept,
     available_now: bool,
     log: Log,
     received: list[int],
@@ -227,9 +306,10 @@ def _supervise(
     outage = OutageReport(log)
     first = True
     restarts = 0  # in a row, each after a longer pause
+    again = False  # a start after a failed one
     while not received:
         began = time.monotonic()
-        started = _start(spark, settings, lock, available_now, log)
+        started = _start(spark, settings, lock, kept, available_now, log, again=again)
         if isinstance(started, Failure):
             failure: Failure | None = started
         else:
@@ -242,7 +322,7 @@ def _supervise(
                 )
                 first = False
             outage.back("the queries restarted from their checkpoints")
-            failure = _watch(started, settings, lock, log, received, seen, outage)
+            failure = _watch(started, settings, kept, log, received, seen, outage)
         if failure is None:
             break
         if not (failure.outage or is_outage(failure.message, settings)):
@@ -252,6 +332,7 @@ def _supervise(
             restarts = 0
         _pause(BACKOFF_SECONDS[min(restarts, len(BACKOFF_SECONDS) - 1)], received)
         restarts += 1
+        again = True
         _wait_for_services(settings, received)
     if received:
         log(f"signal {signal.Signals(received[0]).name}: stopped")
@@ -266,12 +347,20 @@ def _wait_for_services(settings: Settings, received: list[int]) -> None:
 
 
 def _start(
-    spark: SparkSession, settings: Settings, lock: WriterLock, available_now: bool, log: Log
+    spark: SparkSession,
+    settings: Settings,
+    lock: WriterLock,
+    kept: Kept,
+    available_now: bool,
+    log: Log,
+    *,
+    again: bool,
 ) -> list[StreamingQuery] | Failure:
-    """Take (or take back) the writer lock, check and clean the sinks, start the queries."""
+    """Start the queries; `again` (after an outage) checks and cleans the sinks first, as
+    `run_stream` did before the first start."""
     try:
-        lock.acquire()
-        prepare_sinks(settings, log)
+        if again:
+            kept.update(prepare_sinks(settings, log, lock.former_may_write))
         return start_queries(spark, settings, available_now=available_now)
     except LabError:
         raise
@@ -291,19 +380,20 @@ def _failure(queries: list[StreamingQuery], settings: Settings) -> Failure | Non
 def _watch(
     queries: list[StreamingQuery],
     settings: Settings,
-    lock: WriterLock,
+    kept: Kept,
     log: Log,
     received: list[int],
     seen: dict[str, int],
     outage: OutageReport,
 ) -> Failure | None:
-    """Report progress, watch the services and renew the lock until the queries end, fail or a
-    stop is requested; then stop them. None when they ended well or were asked to stop."""
+    """Report progress, watch the services and sweep kept files until the queries end, fail or
+    a stop is requested; then stop them. None when they ended well or were asked to stop."""
     failure = None
     probed = time.monotonic()
     try:
         while not received and any(query.isActive for query in queries):
-            _report_progress(queries, seen, log)
+            if _report_progress(queries, seen, log) and kept:
+                sweep(settings, kept, log)
             failure = _failure(queries, settings)
             if failure is not None:
                 break
@@ -315,11 +405,6 @@ def _watch(
                 else:
                     outage.back("the queries carried on")
                 probed = time.monotonic()
-            try:
-                lock.renew()
-            except LeaseUnreachable as exc:
-                failure = Failure(str(exc), str(exc), outage=True)
-                break
             _pause(1.0, received)
         if received:
             log(f"signal {signal.Signals(received[0]).name}: stopping the queries")
