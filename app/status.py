@@ -1,8 +1,10 @@
 """`task status`: the whole lab at a glance.
 
-Services and their mode, the end offset of each topic, the drain group's lag, each partition's
-in-sync replicas, MongoDB counts, Parquet files in the lake and rows in `repeat_purchases`. Each
-probe fails on its own: a service that is down shows as such instead of stopping the report.
+Services and their mode, the end offset of each topic, the drain group's lag (and the unread
+offsets Kafka's retention deleted or is about to delete), each partition's in-sync replicas,
+MongoDB counts, the offsets the drain found lost, Parquet files in the lake and rows in
+`repeat_purchases`. Each probe fails on its own: a service that is down shows as such instead of
+stopping the report.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from app.infra.report import status_rows
 
 
 def topic_offsets(settings: Settings) -> list[str]:
-    """End offset per topic, and the drain group's lag on `UserEvents`."""
+    """End offset per topic, and the drain group's lag on `UserEvents`, with a line per
+    partition whose unread records retention deleted or is about to delete."""
     lines = []
     for end in topic_ends(settings):
         if not end.partitions:
@@ -26,7 +29,21 @@ def topic_offsets(settings: Settings) -> list[str]:
         if end.drain_lag is not None:
             line += f"; drain group {settings.drain_group_id!r} lag {end.drain_lag}"
         lines.append(line)
+        lines += [f"  {warning}" for warning in end.retention_lines()]
     return lines
+
+
+def drain_gaps(settings: Settings) -> list[str]:
+    """The latest offsets the drain found lost (retention, lost data), as it reported them."""
+    from app.core.clients import mongo_client
+    from app.pipeline.store import EventStore
+
+    client = mongo_client(settings, timeout_ms=3000)
+    try:
+        store = EventStore.connect(settings, client)
+        return [f"drain: {line}" for line in store.recorded_gap_lines(settings.topic_user_events)]
+    finally:
+        client.close()
 
 
 def partition_health(settings: Settings) -> list[str]:
@@ -79,25 +96,29 @@ def lake_orders(settings: Settings) -> list[str]:
     """Orders in the lake (committed files only), re-deliveries, and conflicting `OrderId`s."""
     import pyarrow.parquet as pq
 
-    from app.analysis.conflicts import ORDER_FIELDS, conflicting_orders
+    from app.analysis.conflicts import COLUMNS, conflicting_orders
     from app.core.clients import s3_filesystem
     from app.lake.sink_log import committed_files
 
     files = committed_files(settings, settings.purchases_url)
     if not files:
         return ["lake orders: none committed yet"]
-    rows = pq.ParquetDataset(files, filesystem=s3_filesystem(settings)).read(columns=ORDER_FIELDS)
+    rows = pq.ParquetDataset(files, filesystem=s3_filesystem(settings)).read(columns=COLUMNS)
     distinct = rows.group_by("OrderId").aggregate([]).num_rows
     line = f"lake orders: {rows.num_rows} rows, {distinct} OrderIds"
     conflicts = conflicting_orders(rows)
     if not conflicts:
         return [line + ", no conflicting versions"]
-    shown = ", ".join(f"{order_id} ({n} versions)" for order_id, n in list(conflicts.items())[:5])
+    shown = ", ".join(
+        f"{order_id} ({conflict.versions} versions; counted: partition "
+        f"{conflict.counted.partition} offset {conflict.counted.offset})"
+        for order_id, conflict in list(conflicts.items())[:5]
+    )
     more = f" and {len(conflicts) - 5} more" if len(conflicts) > 5 else ""
     return [
         line,
-        f"lake orders: CONFLICT: {len(conflicts)} OrderIds arrived with different content, all "
-        f"versions kept and counted: {shown}{more}",
+        f"lake orders: CONFLICT: {len(conflicts)} OrderIds arrived with different content; all "
+        f"versions kept, each OrderId counted once as its latest version: {shown}{more}",
     ]
 
 
@@ -129,6 +150,7 @@ def report(settings: Settings) -> list[str]:
         ("Kafka", topic_offsets),
         ("Kafka", partition_health),
         ("MongoDB", mongo_counts),
+        ("MongoDB", drain_gaps),
         ("S3", lake_files),
         ("S3", lake_orders),
         ("PostgreSQL", table_rows),

@@ -27,7 +27,8 @@ settings = get_settings()
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     # Each run drains everything waiting, so runs missed while Airflow was down add nothing.
     catchup=False,
-    # The counts refresh assumes it is the only one writing the counts.
+    # One run at a time keeps the work in order; two refreshes at once would still count
+    # exactly (app.pipeline.counts), a second run would only repeat work.
     max_active_runs=1,
     default_args={
         "retries": 3,

@@ -22,6 +22,7 @@ from app.console.probes import (
     PostgresReader,
     airflow_reading,
     api_reading,
+    drain_gaps_reading,
     kafka_reading,
     mongo_reading,
     open_event_store,
@@ -48,6 +49,7 @@ def lab_probes(settings: Settings) -> list[Probe]:
     return [
         Probe("api", "api", fast, lambda: api_reading(settings, http)),
         Probe("kafka", "kafka", fast, lambda: kafka_reading(settings)),
+        Probe("drain_gaps", "kafka", SLOW_SECONDS, lambda: drain_gaps_reading(settings, store)),
         Probe("airflow", "airflow", fast, lambda: airflow_reading(settings, airflow)),
         Probe("mongo", "mongo", fast, lambda: mongo_reading(store)),
         Probe("top_users", "mongo", SLOW_SECONDS, lambda: top_users_reading(store)),

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from pymongo import DESCENDING
+from pymongo.errors import PyMongoError
 
 from app.core.clients import mongo_client
 from app.core.config import Settings
@@ -66,7 +67,8 @@ def api_reading(settings: Settings, client: httpx.Client) -> Reading:
 
 
 def kafka_reading(settings: Settings) -> Reading:
-    """Records and partitions of both topics, and the drain group's lag."""
+    """Records and partitions of both topics, the drain group's lag, and a line per partition
+    whose unread records retention deleted or is about to delete."""
     ends = topic_ends(settings, timeout=3)
     figures: dict[str, Any] = {
         "topics": [
@@ -79,6 +81,8 @@ def kafka_reading(settings: Settings) -> Reading:
     if missing:
         figures["missing"] = missing
     user_events, purchased_item = ends  # in the order of `lab_topics`
+    if warnings := user_events.retention_lines():
+        figures["retention"] = warnings
     return Reading(
         figures,
         {
@@ -160,6 +164,16 @@ def mongo_reading(store: EventStore) -> Reading:
         "quarantine": store.quarantine.estimated_document_count(),
     }
     return Reading(counts, {"mongo_events": counts["user_events"]})
+
+
+def drain_gaps_reading(settings: Settings, store: EventStore) -> Reading:
+    """The latest offsets the drain found lost (retention, lost data): shown on the Kafka hop,
+    where they were lost, though the drain records them in MongoDB. MongoDB down is the
+    MongoDB hop's state, not Kafka's: then there is nothing to add here."""
+    try:
+        return Reading({"drain_gaps": store.recorded_gap_lines(settings.topic_user_events)})
+    except PyMongoError:
+        return Reading()
 
 
 def top_users_reading(store: EventStore, n: int = 5) -> Reading:

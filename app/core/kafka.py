@@ -6,7 +6,11 @@ import time
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaException, TopicCollection, TopicPartition
-from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 
 from app.core.clients import kafka_admin
 from app.core.config import Settings
@@ -68,12 +72,18 @@ def ensure_topics(settings: Settings, topics: list[str] | None = None) -> list[s
     ]
 
 
-def topic_id(settings: Settings, topic: str, timeout: float = 15) -> str:
-    """The id Kafka gave `topic` when it was created: a re-created topic has a new one."""
-    # The client must outlive the future: a collected client cancels it (`_DESTROY`).
-    admin = kafka_admin(settings)
-    future = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)[topic]
-    return str(future.result().topic_id)
+class TopicIds:
+    """The id Kafka gave a topic when it was created (a re-created topic has a new one), asked
+    anew each time on one admin client: 0.4 ms a question, so a drain can ask after every
+    poll whether the records it holds still belong to the topic it started on."""
+
+    def __init__(self, settings: Settings) -> None:
+        # The client must outlive its futures: a collected client cancels them (`_DESTROY`).
+        self.admin = kafka_admin(settings)
+
+    def of(self, topic: str, timeout: float = 15) -> str:
+        future = self.admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)
+        return str(future[topic].result().topic_id)
 
 
 def topic_partitions(settings: Settings, topic: str, timeout: float = 15) -> list[int]:
@@ -83,19 +93,101 @@ def topic_partitions(settings: Settings, topic: str, timeout: float = 15) -> lis
     return [partition.id for partition in future.result().partitions]
 
 
+# Unread records older than this share of the topic's retention are reported as at risk.
+RETENTION_WARNING = 0.9
+
+
+def lost_offsets_line(topic: str, partition: int, lost: int, reason: str) -> str:
+    """The one line that reports offsets the drain never read, in the drain's log, `task
+    status` and the console alike."""
+    why = {
+        "retention": "expired before the drain read them (retention)",
+        "data lost": "were lost before the drain read them (the partition's data was lost)",
+    }[reason]
+    return f"{topic}[{partition}]: {lost:,} offsets {why}"
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    """Where the drain group stands in one partition of `UserEvents`: the log's start and end,
+    the group's committed offset (None before its first commit), and how many unread records
+    are older than `RETENTION_WARNING` of the topic's retention (next in line to be deleted)."""
+
+    partition: int
+    start: int
+    end: int
+    committed: int | None
+    at_risk: int = 0
+
+    @property
+    def expired(self) -> int:
+        """Offsets the group never read that Kafka has deleted: its commit is below the start."""
+        if self.committed is None or self.committed >= self.start:
+            return 0
+        return self.start - self.committed
+
+
 @dataclass(frozen=True)
 class TopicEnd:
     """A topic's size: records ever written (sum of end offsets) and, for `UserEvents`, what the
-    drain group has not committed yet. `partitions` is 0 for a topic that does not exist."""
+    drain group has not committed yet, per partition too. `partitions` is 0 for a topic that
+    does not exist; `retention_ms` is None for unlimited retention."""
 
     topic: str
     partitions: int
     records: int
     drain_lag: int | None = None
+    lags: tuple[PartitionLag, ...] = ()
+    retention_ms: int | None = None
+
+    def retention_lines(self) -> list[str]:
+        """A line per partition whose unread records Kafka deleted or is about to delete."""
+        lines = []
+        for lag in self.lags:
+            if lag.expired:
+                lines.append(lost_offsets_line(self.topic, lag.partition, lag.expired, "retention"))
+            if lag.at_risk and self.retention_ms is not None:
+                lines.append(
+                    f"{self.topic}[{lag.partition}]: {lag.at_risk:,} unread records are older "
+                    f"than {RETENTION_WARNING:.0%} of the topic's retention "
+                    f"({self.retention_ms / 3_600_000:g} h): Kafka deletes them soon; run the "
+                    "drain (the DAG, or `task airflow -- dags test`) now"
+                )
+        return lines
+
+
+def _retention_ms(settings: Settings, topic: str, timeout: float) -> int | None:
+    admin = kafka_admin(settings)  # referenced until the future is done (see TopicIds)
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    config = admin.describe_configs([resource], request_timeout=timeout)[resource].result()
+    retention = int(config["retention.ms"].value)
+    return retention if retention >= 0 else None
+
+
+def _partition_lags(
+    consumer: Consumer, partitions: list[TopicPartition], retention_ms: int | None, timeout: float
+) -> tuple[PartitionLag, ...]:
+    committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=timeout)}
+    old: dict[int, int] = {}
+    if retention_ms is not None:
+        cutoff = int(time.time() * 1000 - RETENTION_WARNING * retention_ms)
+        stamped = [TopicPartition(tp.topic, tp.partition, cutoff) for tp in partitions]
+        # The first offset at or after the cutoff: everything before it is older (-1: none is).
+        old = {tp.partition: tp.offset for tp in consumer.offsets_for_times(stamped, timeout)}
+    lags = []
+    for tp in partitions:
+        start, end = consumer.get_watermark_offsets(tp, timeout=timeout)
+        mark = committed[tp.partition] if committed[tp.partition] >= 0 else None
+        position = max(start, mark if mark is not None else start)
+        first_young = old.get(tp.partition, start)
+        at_risk = max((end if first_young < 0 else first_young) - position, 0)
+        lags.append(PartitionLag(tp.partition, start, end, mark, at_risk))
+    return tuple(lags)
 
 
 def topic_ends(settings: Settings, timeout: float = 5) -> list[TopicEnd]:
-    """End offsets of the lab's topics and the drain group's lag on `UserEvents`.
+    """End offsets of the lab's topics, and the drain group's lag on `UserEvents` (per partition
+    too, with what retention deleted or is about to delete).
 
     A broker that is down raises (KafkaException) instead of logging a line per retry: the
     callers (`task status`, the console every 2 s) say so once in their own words.
@@ -115,15 +207,18 @@ def topic_ends(settings: Settings, timeout: float = 5) -> list[TopicEnd]:
             if topic not in metadata:
                 ends.append(TopicEnd(topic, 0, 0))
                 continue
-            partitions = [TopicPartition(topic, p) for p in metadata[topic].partitions]
-            records = sum(
-                consumer.get_watermark_offsets(tp, timeout=timeout)[1] for tp in partitions
-            )
-            lag = None
-            if topic == settings.topic_user_events:
-                committed = consumer.committed(partitions, timeout=timeout)
-                lag = records - sum(max(tp.offset, 0) for tp in committed)
-            ends.append(TopicEnd(topic, len(partitions), records, lag))
+            partitions = [TopicPartition(topic, p) for p in sorted(metadata[topic].partitions)]
+            if topic != settings.topic_user_events:
+                records = sum(
+                    consumer.get_watermark_offsets(tp, timeout=timeout)[1] for tp in partitions
+                )
+                ends.append(TopicEnd(topic, len(partitions), records))
+                continue
+            retention = _retention_ms(settings, topic, timeout)
+            lags = _partition_lags(consumer, partitions, retention, timeout)
+            records = sum(lag.end for lag in lags)
+            lag = records - sum(lag.committed or 0 for lag in lags)
+            ends.append(TopicEnd(topic, len(partitions), records, lag, lags, retention))
     finally:
         consumer.close()
     return ends
@@ -147,7 +242,7 @@ class PartitionReplicas:
 
 def partition_replicas(settings: Settings, timeout: float = 5) -> list[PartitionReplicas]:
     """Replicas and in-sync replicas of each partition of the lab's existing topics."""
-    admin = kafka_admin(settings)  # referenced until the futures are done (see topic_id)
+    admin = kafka_admin(settings)  # referenced until the futures are done (see TopicIds)
     existing = set(admin.list_topics(timeout=timeout).topics)
     topics = [topic for topic in lab_topics(settings) if topic in existing]
     if not topics:

@@ -2,7 +2,8 @@
 
 Each counts document is `{UserId, EventName, EventCount, CountedUpTo}` with `_id` = the pair.
 `CountedUpTo` maps a partition (of one incarnation of the topic: `<topic id>:<partition>`, so a
-re-created topic whose offsets start again is counted afresh) to the offset below which that
+re-created topic whose offsets start again is counted afresh; `<topic id>:<partition>:<epoch>`
+once the partition's own offsets went back) to the offset below which that
 pair's events are counted, so adding a pending batch (written by the drain) counts only its
 offsets at or above the mark: applying a batch twice, or two overlapping batches after a crash
 and re-read, adds each event once. Batches are applied in offset order per partition (their
@@ -77,9 +78,11 @@ def new_count(user_id: str, event_name: str) -> Document:
 
 
 def mark_key(batch: Document) -> str:
-    """The key of a pending batch's partition in `CountedUpTo`."""
-    topic_id = batch.get("TopicId")
-    return f"{topic_id}:{batch['Partition']}" if topic_id else str(batch["Partition"])
+    """The key of a pending batch's partition in `CountedUpTo`: `<topic id>:<partition>`, and
+    `:<epoch>` after the partition's offsets went back (`app.pipeline.drain`)."""
+    topic_id, epoch = batch.get("TopicId"), batch.get("Epoch", 0)
+    key = f"{topic_id}:{batch['Partition']}" if topic_id else str(batch["Partition"])
+    return f"{key}:{epoch}" if epoch else key
 
 
 def apply_batches(counts: dict[str, Document], batches: Iterable[Document]) -> tuple[int, set[str]]:

@@ -30,10 +30,21 @@ commit. They share the group id only to keep the committed offsets, which `task 
 as the group's lag. Two drains given the same partition (a manual run beside the scheduled one)
 store and count each event once all the same, as a crash's re-read does.
 
-When Kafka lost its data (the topic deleted and re-created, the broker's folder wiped), offsets
-start again at 0. The drain notices it (a new topic id, or a committed offset past the end),
-says so in the log, and reads the partition from its start; the counting marks are kept per
-topic id, so the new topic's events are counted although their offsets were seen before.
+When Kafka lost its data, offsets start again lower. A topic deleted and re-created has a new
+topic id; a partition whose data alone was lost (its folder wiped, a truncated replica made
+leader) keeps the topic id, and its offsets go back: below the group's committed offset or below
+the highest end offset a drain recorded (`drain_state`). Either way the drain says so in the
+log, reports it in the summary and reads the partition from its start. The counting marks are
+kept per topic id and, for a partition that went back, per *epoch* of it (raised each time, kept
+in `drain_state`, carried on each stored document), so new events are counted although their
+offsets were seen before, and an old event read again in the new epoch is a duplicate, not
+counted twice. The topic id is asked of Kafka around the offsets the run starts from and again
+after every poll: records of a topic re-created during the run are never stored as the old one's.
+
+Offsets Kafka deleted (retention) before the drain read them are reported, never skipped in
+silence: a committed offset below the partition's log start is a gap of that many offsets,
+logged as a warning, recorded in `drain_state` (for `task status` and the console) and listed
+in the summary (`gaps`, `lost_offsets`); so are old offsets lost with a partition's data.
 """
 
 from __future__ import annotations
@@ -59,9 +70,8 @@ from pymongo.errors import PyMongoError
 from app.core.clients import Document, mongo_client
 from app.core.config import Settings
 from app.core.errors import LabError
-from app.core.kafka import topic_id as current_topic_id
-from app.core.kafka import topic_partitions
-from app.pipeline.store import EventStore
+from app.core.kafka import TopicIds, lost_offsets_line, topic_partitions
+from app.pipeline.store import EventStore, PartitionState
 from app.schemas import (
     IDEMPOTENCY_KEY_HEADER,
     UserEvent,
@@ -81,6 +91,18 @@ class DrainError(LabError):
 
 
 @dataclass
+class Gap:
+    """Offsets `first` to `end` (excluded) of a partition that Kafka no longer held when the
+    drain came to read them: deleted by retention, or lost with the partition's data."""
+
+    partition: int
+    first: int
+    end: int
+    lost: int
+    reason: str  # "retention" or "data lost"
+
+
+@dataclass
 class DrainSummary:
     """What one drain did; small enough for an Airflow XCom."""
 
@@ -94,6 +116,11 @@ class DrainSummary:
     batches: int = 0
     # Partitions read again from their start because Kafka lost its data or the topic changed.
     resets: int = 0
+    # Of those, partitions whose offsets went back under the same topic id: a new epoch.
+    went_back: int = 0
+    # Offsets never read because Kafka no longer held them, and where they were.
+    lost_offsets: int = 0
+    gaps: list[Gap] = field(default_factory=list)
     # Messages below the end offsets taken at start that a cap left for the next run.
     left: int = 0
     stopped: str = "caught up"
@@ -131,9 +158,12 @@ def _identity(wire: dict[str, Any], idempotency_key: str | None) -> str:
     return hashlib.sha256(basis).hexdigest()[:32]
 
 
-def message_id(topic: str, topic_id: str | None, partition: int, offset: int) -> str:
-    """The `_id` of a quarantined message: its coordinates in this incarnation of the topic."""
-    return f"{topic}:{topic_id or '-'}:{partition}:{offset}"
+def message_id(
+    topic: str, topic_id: str | None, partition: int, offset: int, epoch: int = 0
+) -> str:
+    """The `_id` of a quarantined message: its coordinates in this incarnation of the topic
+    (and epoch of the partition, after its offsets went back)."""
+    return f"{topic}:{topic_id or '-'}:{partition}:{offset}" + (f":{epoch}" if epoch else "")
 
 
 def pending_id(partition: int, first_offset: int, batch_token: str) -> str:
@@ -247,7 +277,24 @@ def parse_event(raw: bytes | None) -> UserEvent:
 def same_delivery(stored: Document, document: Document) -> bool:
     """Whether the stored event came from this very message (so it is being read again)."""
     keys = ("TopicId", "Partition", "Offset")
-    return all(stored["Kafka"].get(key) == document["Kafka"][key] for key in keys)
+    same_place = all(stored["Kafka"].get(key) == document["Kafka"][key] for key in keys)
+    return same_place and stored["Kafka"].get("Epoch", 0) == document["Kafka"].get("Epoch", 0)
+
+
+def in_epochs(batch: Batch, epochs: Mapping[int, int]) -> Batch:
+    """Stamp a prepared batch's documents with their partition's epoch where it is not the
+    first: after a partition's offsets went back, the same offset is another message."""
+    for document in [*batch.events, *batch.quarantine]:
+        lineage = document["Kafka"]
+        epoch = epochs.get(lineage["Partition"], 0)
+        if not epoch:
+            continue
+        lineage["Epoch"] = epoch
+        if "Reason" in document:  # quarantined: keyed by its coordinates
+            document["_id"] = message_id(
+                lineage["Topic"], lineage["TopicId"], lineage["Partition"], lineage["Offset"], epoch
+            )
+    return batch
 
 
 def pending_batches(
@@ -255,17 +302,18 @@ def pending_batches(
 ) -> list[Document]:
     """Pending-batch documents (one per partition) listing the offsets of `to_count` per pair."""
     pairs: dict[int, dict[tuple[str, str], list[int]]] = {}
+    lineages: dict[int, Document] = {}
     for document in to_count:
-        lineage = document["Kafka"]
+        lineage = lineages.setdefault(document["Kafka"]["Partition"], document["Kafka"])
         by_pair = pairs.setdefault(lineage["Partition"], {})
         by_pair.setdefault((document["UserId"], document["EventName"]), []).append(
-            lineage["Offset"]
+            document["Kafka"]["Offset"]
         )
-    topic_id = to_count[0]["Kafka"]["TopicId"] if to_count else None
     return [
         {
             "_id": pending_id(partition, first_offsets[partition], batch_token),
-            "TopicId": topic_id,
+            "TopicId": lineages[partition]["TopicId"],
+            "Epoch": lineages[partition].get("Epoch", 0),
             "Partition": partition,
             "FirstOffset": first_offsets[partition],
             "PairCount": len(by_pair),
@@ -399,67 +447,179 @@ def _commit(
         ) from error
 
 
-def _take_bounds(
-    consumer: KafkaConsumer,
-    partitions: list[TopicPartition],
-    recreated: set[int],
-    summary: DrainSummary,
-) -> dict[TopicPartition, int]:
-    """Each partition's end offset now (where this run stops). A partition of a re-created
-    topic, or whose committed offset is past its end (Kafka lost data), is read from its start."""
-    ends: dict[TopicPartition, int] = consumer.end_offsets(partitions)
-    reset: list[TopicPartition] = []
-    for tp in partitions:
-        committed = consumer.committed(tp)
-        lost = committed is not None and committed > ends[tp]
-        if tp.partition in recreated or lost:
-            if lost and tp.partition not in recreated:
-                log.warning(
-                    "%s[%d]: the group committed offset %d but the partition ends at %d: Kafka "
-                    "lost data (topic re-created or broker data wiped). Reading the partition "
-                    "from its start; events already stored are recognised.",
-                    tp.topic,
-                    tp.partition,
-                    committed,
-                    ends[tp],
-                )
-            consumer.seek_to_beginning(tp)
-            summary.resets += 1
-            reset.append(tp)
-    if reset:
-        # Committed at once, before anything is read: the old offsets must not outlive this
-        # run, which remembers the new topic id even when it stores nothing of a partition
-        # (empty now, or not reached before a cap), or the next run would start at them.
-        _commit(consumer, consumer.beginning_offsets(reset), RESET_COMMIT)
-    return ends
-
-
-def _topic_incarnation(
-    store: EventStore, settings: Settings, partitions: list[int]
-) -> tuple[str, set[int]]:
-    """The topic's id now, and which of `partitions` a finished run last saw under another id."""
+def _topic_id(ids: TopicIds, settings: Settings) -> str:
     topic = settings.topic_user_events
     try:
-        now = current_topic_id(settings, topic)
+        return ids.of(topic)
     except Exception as error:
         raise DrainError(
             f"Topic {topic} does not exist or Kafka does not describe it at "
             f"{settings.kafka_servers} ({error}). `task infra-up` starts Kafka and "
             "creates the lab's topics."
         ) from error
-    known = store.known_topic_ids(topic, partitions)
-    recreated = {partition for partition, was in known.items() if was != now}
+
+
+@dataclass
+class Start:
+    """Where a run starts: the topic's id, each partition's epoch and recorded state, the end
+    offsets that bound the run, and the offsets to read partitions from again (committed
+    before anything is read)."""
+
+    topic_id: str
+    states: dict[int, PartitionState]
+    ends: dict[TopicPartition, int]
+    restart: dict[TopicPartition, int] = field(default_factory=dict)
+
+
+def _read_offsets(
+    consumer: KafkaConsumer, assigned: list[TopicPartition], ids: TopicIds, settings: Settings
+) -> tuple[str, dict[TopicPartition, int], dict[TopicPartition, int], dict[TopicPartition, Any]]:
+    """(topic id, log starts, ends, committed offsets), all of one incarnation of the topic: the
+    id is asked before and after the offsets, and they are read again if it changed."""
+    for _ in range(3):
+        topic_id = _topic_id(ids, settings)
+        starts: dict[TopicPartition, int] = consumer.beginning_offsets(assigned)
+        ends: dict[TopicPartition, int] = consumer.end_offsets(assigned)
+        committed = {tp: consumer.committed(tp) for tp in assigned}
+        if _topic_id(ids, settings) == topic_id:
+            return topic_id, starts, ends, committed
+    raise DrainError(
+        f"Topic {settings.topic_user_events} was re-created three times while the drain read "
+        "its offsets; nothing was read. Run the drain again once nobody re-creates the topic."
+    )
+
+
+def _plan_start(
+    consumer: KafkaConsumer,
+    store: EventStore,
+    ids: TopicIds,
+    settings: Settings,
+    assigned: list[TopicPartition],
+    summary: DrainSummary,
+) -> Start:
+    """Each partition's end offset now (where this run stops) and where to read it from: a
+    partition of a re-created topic, or whose offsets went back (its data was lost: a new epoch),
+    from its start; one whose committed offset Kafka deleted (retention), from its start, the gap
+    reported."""
+    topic = settings.topic_user_events
+    topic_id, starts, ends, committed = _read_offsets(consumer, assigned, ids, settings)
+    known = store.partition_states(topic, [tp.partition for tp in assigned])
+    plan = Start(topic_id, {}, ends)
+    recreated: dict[int, str] = {}
+    for tp in assigned:
+        state, start, end, mark = known[tp.partition], starts[tp], ends[tp], committed[tp]
+        if state.topic_id is not None and state.topic_id != topic_id:
+            recreated[tp.partition] = state.topic_id
+            plan.states[tp.partition] = PartitionState(topic_id, 0, end)
+            plan.restart[tp] = start
+        elif (mark is not None and mark > end) or state.high_water > end:
+            plan.states[tp.partition] = PartitionState(topic_id, state.epoch + 1, end)
+            plan.restart[tp] = start
+            summary.went_back += 1
+            log.warning(
+                "%s[%d]: the partition's offsets went back under the same topic id (it ends at "
+                "%d; the group committed %s, a drain saw it end at %d): Kafka lost its data. "
+                "Reading it from its start in a new epoch (%d): new events are counted, events "
+                "already stored are recognised.",
+                topic,
+                tp.partition,
+                end,
+                mark,
+                state.high_water,
+                state.epoch + 1,
+            )
+            if mark is not None and mark < state.high_water:
+                _gap(summary, topic, Gap(tp.partition, mark, state.high_water, 0, "data lost"))
+        else:
+            plan.states[tp.partition] = PartitionState(
+                topic_id, state.epoch, max(state.high_water, end)
+            )
+            if mark is not None and mark < start:
+                plan.restart[tp] = start
+                _gap(summary, topic, Gap(tp.partition, mark, start, 0, "retention"))
     if recreated:
         log.warning(
             "Topic %s was re-created or Kafka lost its data (topic id %s, was %s): its offsets "
             "start again. Reading partitions %s from their start; the events stored from the "
             "old topic stay, and each new event is stored and counted once.",
             topic,
-            now,
-            ", ".join(sorted({known[p] for p in recreated})),
+            topic_id,
+            ", ".join(sorted(set(recreated.values()))),
             sorted(recreated),
         )
-    return now, recreated
+    summary.resets = len(recreated) + summary.went_back
+    return plan
+
+
+def _gap(summary: DrainSummary, topic: str, gap: Gap) -> None:
+    gap.lost = gap.end - gap.first
+    summary.gaps.append(gap)
+    summary.lost_offsets += gap.lost
+    log.warning(
+        "%s: offsets %d to %d. The drain reads on from offset %d.",
+        lost_offsets_line(topic, gap.partition, gap.lost, gap.reason),
+        gap.first,
+        gap.end - 1,
+        gap.end,
+    )
+
+
+def _start(
+    consumer: KafkaConsumer,
+    store: EventStore,
+    ids: TopicIds,
+    settings: Settings,
+    assigned: list[TopicPartition],
+    summary: DrainSummary,
+) -> Start:
+    """Plan where the run starts, then make it so, in the order that survives a crash: the gaps
+    recorded (found again, the same, if what follows fails), the restart offsets committed
+    before anything is read (so no old offset outlives this run, even if it stores nothing of a
+    partition), then the partitions' new states (a crash before them finds the partition gone
+    back again, and starts another epoch: harmless)."""
+    plan = _plan_start(consumer, store, ids, settings, assigned, summary)
+    topic = settings.topic_user_events
+    for tp, offset in plan.restart.items():
+        consumer.seek(tp, offset)
+    try:
+        store.record_gaps(
+            topic,
+            [
+                {
+                    "Partition": gap.partition,
+                    "TopicId": plan.topic_id,
+                    "Epoch": plan.states[gap.partition].epoch,
+                    "First": gap.first,
+                    "End": gap.end,
+                    "Lost": gap.lost,
+                    "Reason": gap.reason,
+                }
+                for gap in summary.gaps
+            ],
+        )
+        if plan.restart:
+            _commit(consumer, plan.restart, RESET_COMMIT)
+        store.remember_partitions(topic, plan.states)
+    except PyMongoError as error:
+        raise DrainError(
+            f"MongoDB at {settings.mongo_url} failed while recording the drain's state "
+            f"({error}); nothing was read. Check MongoDB with `task infra-status`; the next run "
+            "tries again."
+        ) from error
+    return plan
+
+
+def _check_topic(ids: TopicIds, settings: Settings, topic_id: str) -> None:
+    """Raise DrainError if the topic is no longer the one the run started on. Asked after a poll:
+    its records were fetched before, so while the id is unchanged they are the topic's."""
+    now = _topic_id(ids, settings)
+    if now != topic_id:
+        raise DrainError(
+            f"Topic {settings.topic_user_events} was re-created during the drain (topic id "
+            f"{now}, was {topic_id}). The batch read after that was not stored; what was "
+            "stored before belongs to the old topic. Run the drain again: it reads the new "
+            "topic from its start."
+        )
 
 
 def _finish(
@@ -505,13 +665,15 @@ def _drain(
             f"Topic {topic} has no partition {missing} (it has {sorted(available)}); the "
             "partition groups are taken again by the next run."
         )
-    topic_id, recreated = _topic_incarnation(store, settings, wanted)
     summary = DrainSummary()
     assigned = [TopicPartition(topic, partition) for partition in wanted]
     consumer.assign(assigned)
     started = time.monotonic()
+    ids = TopicIds(settings)
+    start = _start(consumer, store, ids, settings, assigned, summary)
+    topic_id, epochs = start.topic_id, {p: state.epoch for p, state in start.states.items()}
     # End offset of each partition at start: the run stops there.
-    marks = _take_bounds(consumer, assigned, recreated, summary)
+    marks = start.ends
     # One batch is stored on a worker thread (MongoDB's time is spent waiting on a socket) while
     # the next is fetched and validated; each batch is committed after its own store, in order.
     in_flight: tuple[Batch, Future[Stored]] | None = None
@@ -545,22 +707,14 @@ def _drain(
             ]
             if not records:
                 continue
+            _check_topic(ids, settings, topic_id)
             summary.consumed += len(records)
-            batch = prepare_batch(records, topic_id)
+            batch = in_epochs(prepare_batch(records, topic_id), epochs)
             if in_flight is not None:
                 _finish(consumer, *in_flight, summary)
             in_flight = (batch, worker.submit(_store, store, batch, settings))
         if in_flight is not None:
             _finish(consumer, *in_flight, summary)
-    # The reset partitions' start offsets were committed before reading (`_take_bounds`), so
-    # remembering the new id now is safe even for a run stopped by a cap.
-    try:
-        store.remember_topic_id(topic, wanted, topic_id)
-    except PyMongoError as error:
-        raise DrainError(
-            f"MongoDB at {settings.mongo_url} failed while recording the drain's state "
-            f"({error}). What was stored is committed; `task infra-status` checks MongoDB."
-        ) from error
     summary.seconds = round(time.monotonic() - started, 3)
     log.info("drain of %s finished: %s", topic, summary)
     return summary

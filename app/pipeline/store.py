@@ -8,9 +8,10 @@ the algorithm.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pymongo import ASCENDING, MongoClient, UpdateOne
@@ -20,6 +21,7 @@ from pymongo.errors import BulkWriteError
 
 from app.core.clients import Document, mongo
 from app.core.config import Settings
+from app.core.kafka import lost_offsets_line
 
 DUPLICATE_KEY = 11000
 # Updates per `update` command. Unpatched FerretDB 1.24 holds a connection per matched statement
@@ -29,6 +31,17 @@ UPDATES_PER_COMMAND = 50
 # document on the stand-in, and nothing for ids that are not stored), far below the 30,000 that
 # the stand-in's patch pushes down to its `_id` index.
 IDS_PER_QUERY = 5000
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    """What the drains recorded of one partition: the topic's id (None: nothing recorded), the
+    partition's epoch (raised each time its offsets went back under the same topic id: its data
+    was lost) and the highest end offset a drain saw in that epoch."""
+
+    topic_id: str | None = None
+    epoch: int = 0
+    high_water: int = 0
 
 
 class EventStore:
@@ -155,21 +168,60 @@ class EventStore:
             chunk = [batch["_id"] for batch in batches[start : start + IDS_PER_QUERY]]
             self.pending.delete_many({"_id": {"$in": chunk}})
 
-    def known_topic_ids(self, topic: str, partitions: Iterable[int]) -> dict[int, str]:
-        """The id `topic` had when a drain last finished each of `partitions`, where one was
-        recorded. Per partition, so parallel drains of different partitions never take each
-        other's record for their own; a record for the whole topic (written by labs before
-        drains ran in parallel) stands for each partition without one."""
+    def partition_states(self, topic: str, partitions: Iterable[int]) -> dict[int, PartitionState]:
+        """What the drains recorded of each of `partitions` (an empty state where none did).
+        Per partition, so parallel drains of different partitions never take each other's
+        record for their own; a record for the whole topic (written by labs before drains ran
+        in parallel) gives the id of each partition without one."""
         wanted = list(partitions)
         found = self.find_by_ids(self.drain_state, [topic, *(f"{topic}[{p}]" for p in wanted)])
         whole = found.get(topic, {}).get("TopicId")
-        known = {p: found.get(f"{topic}[{p}]", {}).get("TopicId", whole) for p in wanted}
-        return {p: topic_id for p, topic_id in known.items() if topic_id is not None}
+        states = {}
+        for partition in wanted:
+            record = found.get(f"{topic}[{partition}]", {})
+            states[partition] = PartitionState(
+                record.get("TopicId", whole), record.get("Epoch", 0), record.get("HighWater", 0)
+            )
+        return states
 
-    def remember_topic_id(self, topic: str, partitions: Iterable[int], topic_id: str) -> None:
-        for partition in partitions:
+    def remember_partitions(self, topic: str, states: Mapping[int, PartitionState]) -> None:
+        for partition, state in states.items():
             self.drain_state.replace_one(
                 {"_id": f"{topic}[{partition}]"},
-                {"TopicId": topic_id, "UpdatedAt": datetime.now(UTC)},
+                {
+                    "TopicId": state.topic_id,
+                    "Epoch": state.epoch,
+                    "HighWater": state.high_water,
+                    "UpdatedAt": datetime.now(UTC),
+                },
                 upsert=True,
             )
+
+    def record_gaps(self, topic: str, gaps: Sequence[Document]) -> None:
+        """Keep offsets the drain found lost (fields `Partition`, `TopicId`, `Epoch`, `First`,
+        `End`, `Lost`, `Reason`), for `task status` and the console; a gap found twice (its
+        commit failed) is kept once."""
+        self.insert_new(
+            self.drain_state,
+            [
+                {
+                    "_id": f"{topic}[{gap['Partition']}] lost {gap['TopicId']}/{gap['Epoch']}"
+                    f"@{gap['First']}",
+                    "Kind": "gap",
+                    "Topic": topic,
+                    **gap,
+                    "FoundAt": datetime.now(UTC),
+                }
+                for gap in gaps
+            ],
+        )
+
+    def recorded_gap_lines(self, topic: str, limit: int = 5) -> list[str]:
+        """The latest gaps the drains of `topic` found, newest first, a line each (a scan: the
+        collection holds a document per partition and per gap)."""
+        found = self.drain_state.find({"Kind": "gap", "Topic": topic}).sort("FoundAt", -1)
+        return [
+            f"{lost_offsets_line(topic, gap['Partition'], gap['Lost'], gap['Reason'])}: offsets "
+            f"{gap['First']:,}-{gap['End'] - 1:,}, found {gap['FoundAt']:%Y-%m-%d %H:%M} UTC"
+            for gap in found.limit(limit)
+        ]

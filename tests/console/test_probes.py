@@ -22,6 +22,7 @@ from app.console.probes import (
     PostgresReader,
     Reading,
     api_reading,
+    drain_gaps_reading,
     kafka_reading,
     mongo_reading,
     open_event_store,
@@ -30,6 +31,14 @@ from app.console.sampler import Probe, Sampler
 from app.console.spark import spark_reading, stream_job_running
 from app.core.clients import postgres_connection, s3_filesystem
 from app.core.config import Settings
+from app.pipeline.drain import drain_user_events
+from tests.pipeline.helpers import (
+    commit_offsets,
+    delete_records_below,
+    make_events,
+    pipeline_settings,
+    produce_to,
+)
 from tests.support import free_port
 
 
@@ -221,3 +230,24 @@ def test_rates_come_from_totals_and_stop_while_the_service_is_down(
         False,
         True,
     ]
+
+
+def test_the_kafka_hop_shows_offsets_retention_deleted_before_the_drain_read_them(
+    lab_services: Settings,
+) -> None:
+    with pipeline_settings(lab_services, kafka_partitions=1) as settings:
+        produce_to(settings, 0, make_events(80))
+        commit_offsets(settings, {0: 10})
+        delete_records_below(settings, 0, 50)
+        lost = f"{settings.topic_user_events}[0]: 40 offsets expired before the drain read them"
+
+        assert kafka_reading(settings).figures["retention"] == [f"{lost} (retention)"]
+        drain_user_events(settings)
+        store = open_event_store(settings)
+        try:
+            [recorded] = drain_gaps_reading(settings, store).figures["drain_gaps"]
+        finally:
+            store.events.database.client.close()
+
+        assert recorded.startswith(f"{lost} (retention): offsets 10-49, found ")
+        assert "retention" not in kafka_reading(settings).figures  # the group is past it now

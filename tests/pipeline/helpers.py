@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from app.core.clients import kafka_admin
 from app.core.config import ROOT, Settings
 from app.core.kafka import ensure_topics
 from app.schemas import EventAttributes, EventName, UserEvent
@@ -57,6 +58,30 @@ def produce(settings: Settings, values: Iterable[bytes | None]) -> None:
 
 def produce_events(settings: Settings, events: Iterable[UserEvent]) -> None:
     produce(settings, (event.to_json_bytes() for event in events))
+
+
+def produce_to(
+    settings: Settings, partition: int, events: list[UserEvent], timestamp_ms: int = 0
+) -> None:
+    """Send `events` to one partition (with a record time of `timestamp_ms` when given)."""
+    producer = Producer({"bootstrap.servers": settings.kafka_servers, "linger.ms": 20})
+    for event in events:
+        producer.produce(
+            settings.topic_user_events,
+            event.to_json_bytes(),
+            partition=partition,
+            timestamp=timestamp_ms,
+        )
+        producer.poll(0)
+    assert producer.flush(30) == 0, "Kafka did not acknowledge every test message"
+
+
+def delete_records_below(settings: Settings, partition: int, offset: int) -> None:
+    """Move the partition's log start to `offset`, as retention does when it deletes a segment."""
+    tp = TopicPartition(settings.topic_user_events, partition, offset)
+    admin = kafka_admin(settings)  # referenced until the future is done: it would cancel it
+    [future] = admin.delete_records([tp]).values()
+    assert future.result(timeout=30).low_watermark == offset
 
 
 def stored_counts(settings: Settings) -> dict[Pair, int]:

@@ -71,6 +71,9 @@ function figureRows(key, f, rates) {
       });
       rows.push(["drain group lag", num(f.drain_lag), "kafka-lag"]);
       if (f.missing) rows.push(["missing topics", `${f.missing.join(", ")} (run task infra-up)`, "kafka-missing"]);
+      // Unread offsets retention deleted or is about to delete, then the gaps the drain found.
+      (f.retention || []).forEach((line, i) => rows.push(["retention", line, `kafka-retention-${i}`]));
+      (f.drain_gaps || []).forEach((line, i) => rows.push(["drain gap", line, `kafka-gap-${i}`]));
       return rows;
     }
     case "airflow": {
