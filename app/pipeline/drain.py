@@ -284,13 +284,14 @@ def same_delivery(stored: Document, document: Document) -> bool:
 def in_epochs(batch: Batch, epochs: Mapping[int, int]) -> Batch:
     """Stamp a prepared batch's documents with their partition's epoch where it is not the
     first: after a partition's offsets went back, the same offset is another message."""
-    for document in [*batch.events, *batch.quarantine]:
+    for document in batch.events:
+        if epoch := epochs.get(document["Kafka"]["Partition"], 0):
+            document["Kafka"]["Epoch"] = epoch
+    for document in batch.quarantine:
         lineage = document["Kafka"]
-        epoch = epochs.get(lineage["Partition"], 0)
-        if not epoch:
-            continue
-        lineage["Epoch"] = epoch
-        if "Reason" in document:  # quarantined: keyed by its coordinates
+        if epoch := epochs.get(lineage["Partition"], 0):
+            lineage["Epoch"] = epoch
+            # A quarantined message is keyed by its coordinates, which now include the epoch.
             document["_id"] = message_id(
                 lineage["Topic"], lineage["TopicId"], lineage["Partition"], lineage["Offset"], epoch
             )

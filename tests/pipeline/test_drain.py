@@ -23,14 +23,16 @@ from kafka.consumer.fetcher import ConsumerRecord
 from app.core.config import Settings
 from app.core.kafka import ensure_topics
 from app.infra.mongo import Mongo
-from app.pipeline.counts import refresh_event_counts
+from app.pipeline.counts import mark_key, refresh_event_counts
 from app.pipeline.drain import (
     DrainError,
     drain_user_events,
     event_id,
+    in_epochs,
     partition_groups,
     pending_batches,
     prepare_batch,
+    same_delivery,
 )
 from tests.pipeline.helpers import (
     commit_offsets,
@@ -171,6 +173,24 @@ def test_pending_batch_lists_every_offset_of_each_pair_per_partition() -> None:
         {"UserId": a.user_id, "EventName": a.event_name.value, "Offsets": [5]}
     ]
     assert batch.commit == {("UserEvents", 0): 14, ("UserEvents", 1): 6}
+
+
+def test_a_new_epoch_makes_the_same_offset_another_message_with_marks_of_its_own() -> None:
+    """After a partition's offsets went back, offset 3 of epoch 1 is not offset 3 of epoch 0:
+    its event is not "read again" (counted afresh only if new), its poison gets its own `_id`,
+    and its pending batch counts under marks of its own."""
+    event = make_events(1)[0]
+    before = prepare_batch([record(3, event.to_json_bytes()), record(4, b"poison")], TOPIC_ID)
+    after = in_epochs(
+        prepare_batch([record(3, event.to_json_bytes()), record(4, b"poison")], TOPIC_ID), {0: 1}
+    )
+
+    assert not same_delivery(before.events[0], after.events[0])
+    assert (
+        after.quarantine[0]["_id"] == f"UserEvents:{TOPIC_ID}:0:4:1" != before.quarantine[0]["_id"]
+    )
+    [pending] = pending_batches(after.events, after.first_offsets, "tok")
+    assert mark_key(pending) == f"{TOPIC_ID}:0:1"
 
 
 # ----------------------------------------------------------------------- against Kafka and Mongo
