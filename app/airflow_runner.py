@@ -318,6 +318,9 @@ SUMMARY_ORDER = [
     "already_stored",
     "quarantined",
     "resets",
+    "went_back",
+    "lost_offsets",
+    "gaps",
     "left",
     "batches",
     "stopped",
@@ -331,7 +334,8 @@ def summary_text(value: object) -> str:
         return str(value)
     rank = {key: index for index, key in enumerate(SUMMARY_ORDER)}
     shown = [
-        f"{key} {value[key]}"
+        # A list in a summary (the drain's gaps) is counted here; the task's log has it whole.
+        f"{key} {len(value[key]) if isinstance(value[key], list) else value[key]}"
         for key in sorted(value, key=lambda key: (rank.get(key, len(rank)), key))
         if key != "seconds" and value[key] not in (0, 0.0, None, "", [], {})
     ]

@@ -139,3 +139,7 @@ def test_a_task_summary_reads_as_one_line_of_its_nonzero_figures() -> None:
     )
     assert summary_text({"events_counted": 0, "seconds": 0.1}) == "nothing to do"
     assert summary_text([[0, 1, 2]]) == "[[0, 1, 2]]"
+    gap = {"partition": 0, "first": 0, "end": 150, "lost": 150, "reason": "retention"}
+    assert summary_text({"consumed": 5, "lost_offsets": 150, "gaps": [gap]}) == (
+        "consumed 5, lost_offsets 150, gaps 1"
+    )
