@@ -5,9 +5,11 @@ folder>)` and passed through `dedupe_orders` first. The small answers come back 
 ready to show; the repeat purchases stay a Spark DataFrame until `repeat_rows` hands them to
 PostgreSQL. Definitions, stated here once and above each answer in the notebook:
 
-- an order counts once, however many times it was delivered (same `OrderId`, same content);
-  the same `OrderId` with *different* content is a conflict: every version is kept and counted,
-  and `order_conflicts` lists them for the report, so nothing is dropped without a word;
+- an `OrderId` is one order and counts once, however many times and in how many versions it
+  arrived: copies with the same content (in any line order) are one version; of an id's versions
+  the latest by Kafka position is counted, and `order_conflicts` lists every version of an id
+  that has several, so nothing is dropped without a word (the exact rule, shared with `task
+  status`, is in `app.analysis.conflicts`);
 - a product line's revenue is `ItemCount * ItemPrice * (1 - ItemDiscount)`;
 - "the last hour" is `TimeStamp` in (now - 1 hour, now], with "now" given, not read from a clock;
 - a repeat purchase is a (customer, product) pair found in more than one *distinct* order:
@@ -24,7 +26,9 @@ import pandas as pd
 from psycopg2 import sql
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, DataType, DoubleType, StructType
 
+from app.analysis.conflicts import POSITION_FIELDS
 from app.analysis.repeat_store import COLUMNS, RepeatRow
 from app.core.config import Settings
 from app.lake.schema import PURCHASE_STRUCT
@@ -62,78 +66,115 @@ def read_purchases(spark: SparkSession, url: str) -> DataFrame:
     return spark.read.parquet(url)
 
 
+def _canonical(column: Column, kind: DataType) -> Column:
+    """`app.analysis.conflicts.canonical_content` in Spark: floats in one form, arrays sorted."""
+    if isinstance(kind, StructType):
+        return F.struct(
+            *[_canonical(column[f.name], f.dataType).alias(f.name) for f in kind.fields]
+        )
+    if isinstance(kind, ArrayType):
+        # Structs compare field by field, so this sorts lines by a total order of their fields.
+        return F.array_sort(F.transform(column, lambda item: _canonical(item, kind.elementType)))
+    if isinstance(kind, DoubleType):
+        return column + 0.0  # IEEE: -0.0 + 0.0 is 0.0
+    return column
+
+
 def _order_content() -> Column:
-    """A fingerprint of an order's own fields (not where and when Kafka delivered it)."""
-    return F.xxhash64(*[F.col(field.name) for field in PURCHASE_STRUCT.fields])
+    """An order's canonical content: its own fields (not where and when Kafka delivered it)."""
+    return F.struct(
+        *[_canonical(F.col(f.name), f.dataType).alias(f.name) for f in PURCHASE_STRUCT.fields]
+    )
 
 
-def dedupe_orders(purchases: DataFrame) -> DataFrame:
-    """One row per distinct order (`OrderId` and content): the copy Kafka delivered first.
-
-    Delivery is at-least-once and a client may resend a batch, so one order can land in the lake
-    more than once; counting it twice would inflate every answer. Two versions of an `OrderId`
-    that differ are both kept (see `order_conflicts`). Runs two small Spark jobs.
-    """
-    # Re-deliveries are rare, so only orders whose id hash occurs more than once take the exact
-    # (shuffling, sorting) path, here and once; every other row passes a broadcast anti-join in
-    # each analysis and is never shuffled. A hash collision merely sends a unique order down the
-    # exact path. Both small results are local checkpoints rather than `cache()`, which a later
-    # read of the same folder would match and so reuse stale after new files landed.
-    order_hash = F.xxhash64("OrderId")
-    repeated = (
-        purchases.groupBy(order_hash.alias("order_hash"))
+def _repeated_ids(purchases: DataFrame) -> DataFrame:
+    """Hashes of the `OrderId`s with more than one row: a small, checkpointed Spark job."""
+    # A local checkpoint rather than `cache()`, which a later read of the same folder would match
+    # and so reuse stale after new files landed.
+    return (
+        purchases.groupBy(F.xxhash64("OrderId").alias("order_hash"))
         .count()
         .where(F.col("count") > 1)
         .select("order_hash")
         .localCheckpoint()
     )
-    is_repeated = order_hash == repeated["order_hash"]
-    first_delivery = Window.partitionBy("OrderId", "_content").orderBy(
-        "kafka_timestamp", "kafka_partition", "kafka_offset"
-    )
-    first_copies = (
-        purchases.join(F.broadcast(repeated), is_repeated, "left_semi")
+
+
+def _is_repeated(repeated: DataFrame) -> Column:
+    return F.xxhash64("OrderId") == repeated["order_hash"]
+
+
+def _versions(purchases: DataFrame, repeated: DataFrame) -> DataFrame:
+    """One row per version of each repeated `OrderId` (its first copy), with `versions` (how many
+    the id has) and `counted` (whether it is the version that counts)."""
+    position = [F.col(name) for name in POSITION_FIELDS]
+    # All three windows cluster by OrderId: one shuffle, of the repeated ids' rows only.
+    by_order = Window.partitionBy("OrderId")
+    first_copy = Window.partitionBy("OrderId", "_content").orderBy(*position)
+    latest = by_order.orderBy(*[c.desc() for c in position], F.col("_content").desc())
+    return (
+        purchases.join(F.broadcast(repeated), _is_repeated(repeated), "left_semi")
         .withColumn("_content", _order_content())
-        .withColumn("_delivery", F.row_number().over(first_delivery))
-        .where(F.col("_delivery") == 1)
-        .drop("_delivery", "_content")
+        .repartition("OrderId")
+        .withColumn("_copy", F.row_number().over(first_copy))
+        .where(F.col("_copy") == 1)
+        .withColumn("versions", F.count("*").over(by_order))
+        .withColumn("counted", F.row_number().over(latest) == 1)
+        .drop("_copy", "_content")
+    )
+
+
+def dedupe_orders(purchases: DataFrame) -> DataFrame:
+    """One row per `OrderId`: the first copy of its counted version (`app.analysis.conflicts`).
+
+    Delivery is at-least-once, a client may resend a batch, and a sender may send an order again
+    with other content; counting any of those twice would inflate every answer. Runs two small
+    Spark jobs.
+    """
+    # Repeated ids are rare, so only rows whose id hash occurs more than once take the exact
+    # (shuffling, sorting) path, here and once; every other row passes a broadcast anti-join in
+    # each analysis and is never shuffled. A hash collision merely sends a unique order down the
+    # exact path.
+    repeated = _repeated_ids(purchases)
+    counted = (
+        _versions(purchases, repeated)
+        .where(F.col("counted"))
+        .drop("versions", "counted")
         .localCheckpoint()
     )
-    delivered_once = purchases.join(F.broadcast(repeated), is_repeated, "left_anti")
-    return delivered_once.unionByName(first_copies)
+    delivered_once = purchases.join(F.broadcast(repeated), _is_repeated(repeated), "left_anti")
+    return delivered_once.unionByName(counted)
 
 
-def order_conflicts(orders: DataFrame) -> pd.DataFrame:
-    """`OrderId`s delivered with different content, after `dedupe_orders`: one row per version.
+def order_conflicts(purchases: DataFrame) -> pd.DataFrame:
+    """`OrderId`s stored in more than one version: one row per version, oldest first.
 
-    Columns: `OrderId`, `versions` (how many), and each version's `UserId`, `TimeStamp`,
-    `TotalPrice`, `PaymentType`, lines and first Kafka position, oldest first.
+    `purchases` are the lake's rows as read (before `dedupe_orders`). Columns: `OrderId`,
+    `versions` (how many), `counted` (the version the analyses count), and each version's
+    `UserId`, `TimeStamp`, `TotalPrice`, `PaymentType`, `lines` and first Kafka position.
     """
-    versions = F.count("*").over(Window.partitionBy("OrderId"))
     conflicting = (
-        orders.withColumn("versions", versions)
+        _versions(purchases, _repeated_ids(purchases))
         .where(F.col("versions") > 1)
-        .orderBy("OrderId", "kafka_timestamp", "kafka_partition", "kafka_offset")
+        .orderBy("OrderId", *POSITION_FIELDS)
         .select(
             "OrderId",
             "versions",
+            "counted",
             "UserId",
             "TimeStamp",
             "TotalPrice",
             "PaymentType",
             F.size("Products").alias("lines"),
-            "kafka_partition",
-            "kafka_offset",
+            *POSITION_FIELDS,
         )
     )
     return _collect(conflicting)
 
 
 def delivery_summary(purchases: DataFrame) -> tuple[int, int]:
-    """How many rows the lake holds and how many distinct orders (id and content) they are."""
-    ((rows, orders),) = purchases.agg(
-        F.count("*"), F.count_distinct("OrderId", _order_content())
-    ).collect()
+    """How many rows the lake holds and how many orders (distinct `OrderId`s) they are."""
+    ((rows, orders),) = purchases.agg(F.count("*"), F.count_distinct("OrderId")).collect()
     return int(rows), int(orders)
 
 
@@ -217,6 +258,7 @@ def latest_order_at(orders: DataFrame) -> datetime | None:
 def repeat_purchases(orders: DataFrame) -> DataFrame:
     """(customer, product) pairs bought in more than one distinct order, one row per pair.
 
+    `orders` holds one row per `OrderId` (`dedupe_orders`), so each order counts once.
     Columns are the `repeat_purchases` table's: `user_id`, `product_id`, `order_count` (distinct
     orders with the product), `total_quantity` (units over those orders), `first_purchase_at`,
     `last_purchase_at`.

@@ -16,10 +16,16 @@ Every trap the analyses must not fall into is in it, next to the answer it must 
   jack has two orders of equal value in the hour (the later one is shown);
 - P-03, P-07 and P-08 tie on units sold, and so do the 8th to 11th products (P-13 is left out);
   counting dave's copy would lift P-04 out of that tie.
+
+`retried_rows` adds what senders do to an `OrderId` after the fact (`RETRIED`): bob's first order
+sent again with its lines in the other order and a -0.0 discount (the same order), and alice's
+order sent again at a higher price (a conflict: the later version counts), then her first version
+re-delivered once more (a re-delivery: it does not bring the old price back).
 """
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -115,6 +121,31 @@ def lake_rows() -> list[dict[str, Any]]:
     return rows
 
 
+ALICE_NEW_PRICE = 25.0
+
+
+def retried_rows() -> list[dict[str, Any]]:
+    """The known lake plus the `OrderId`s sent again after the fact, later in Kafka."""
+    rows = lake_rows()
+    first = {row["OrderId"]: row for row in rows}
+    bob, alice = first["O-bob-1"], first["O-alice-1"]
+    # The same lines, the other way round, a discount of 0.0 written as -0.0.
+    reordered = [
+        {**line, "ItemDiscount": -0.0 if line["ItemDiscount"] == 0 else line["ItemDiscount"]}
+        for line in reversed(bob["Products"])
+    ]
+    dearer = [{**alice["Products"][0], "ItemPrice": ALICE_NEW_PRICE}]
+    retries = [
+        {**bob, "Products": reordered, "kafka_offset": 500},
+        {**alice, "Products": dearer, "TotalPrice": 3 * ALICE_NEW_PRICE, "kafka_offset": 501},
+        {**alice, "kafka_offset": 502},
+    ]
+    for later, retry in enumerate(retries, start=1):
+        retry["kafka_timestamp"] += timedelta(seconds=10 * later)
+        retry[PARTITION_COLUMN] = retry["kafka_timestamp"].date()
+    return [*rows, *retries]
+
+
 def write_lake(rows: list[dict[str, Any]], root: str | Path, filesystem: Any = None) -> None:
     """Write `rows` as Parquet under `root`, partitioned by `ingest_date` like the stream does."""
     table = pa.Table.from_pylist(rows, schema=to_arrow_schema(PURCHASE_ROW))
@@ -124,10 +155,34 @@ def write_lake(rows: list[dict[str, Any]], root: str | Path, filesystem: Any = N
 # The independent computation: plain pandas over the same rows, no Spark.
 
 
+POSITION = ["kafka_timestamp", "kafka_partition", "kafka_offset"]
+
+
+def _content(row: dict[str, Any]) -> str:
+    """The order's own fields as JSON, lines sorted, every zero positive."""
+
+    def plain(value: Any) -> Any:
+        return value + 0.0 if isinstance(value, float) else value
+
+    lines = sorted(
+        json.dumps({k: plain(v) for k, v in line.items()}, sort_keys=True)
+        for line in row["Products"]
+    )
+    fields = {k: plain(v) for k, v in row.items() if k not in [*POSITION, PARTITION_COLUMN]}
+    return json.dumps({**fields, "Products": lines}, sort_keys=True, default=str)
+
+
+def reference_versions(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Each version's first copy (same content in any line order is one version), oldest first."""
+    frame = pd.DataFrame(rows).assign(content=[_content(row) for row in rows])
+    frame = frame.sort_values(POSITION)
+    return frame.drop_duplicates(["OrderId", "content"], keep="first").reset_index(drop=True)
+
+
 def reference_orders(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows)
-    first = frame.sort_values(["kafka_timestamp", "kafka_partition", "kafka_offset"])
-    return first.drop_duplicates("OrderId", keep="first").reset_index(drop=True)
+    """One row per OrderId: the first copy of the version that first arrived last."""
+    latest = reference_versions(rows).drop_duplicates("OrderId", keep="last")
+    return latest.drop(columns="content").reset_index(drop=True)
 
 
 def reference_lines(orders: pd.DataFrame) -> pd.DataFrame:

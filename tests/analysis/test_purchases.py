@@ -5,10 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 from pandas.testing import assert_frame_equal
 from pyspark.sql import DataFrame
+from pyspark.sql.pandas.types import to_arrow_schema
 
+from app.analysis.conflicts import Conflict, KafkaPosition, conflicting_orders
 from app.analysis.purchases import (
     best_selling_products,
     dedupe_orders,
@@ -23,7 +26,10 @@ from app.analysis.purchases import (
     repeat_rows,
     top_customers_last_hour,
 )
+from app.analysis.repeat_store import COLUMNS
+from app.lake.schema import PURCHASE_ROW
 from tests.analysis.dataset import (
+    ALICE_NEW_PRICE,
     NOW,
     lake_rows,
     reference_best_selling,
@@ -31,6 +37,7 @@ from tests.analysis.dataset import (
     reference_payment_types,
     reference_repeat_purchases,
     reference_top_customers,
+    retried_rows,
     write_lake,
 )
 
@@ -165,23 +172,82 @@ def test_a_new_read_sees_re_deliveries_that_landed_since(spark, tmp_path) -> Non
     assert again.where("OrderId = 'O-alice-1'").first().kafka_offset == alice["kafka_offset"]
 
 
-def test_an_order_id_sent_with_other_content_is_kept_and_reported(spark, tmp_path) -> None:
-    rows = lake_rows()
-    alice = next(row for row in rows if row["OrderId"] == "O-alice-1")
-    # Same OrderId, another payment type: not a re-delivery but a conflict.
-    changed = {**alice, "PaymentType": "PayPal", "kafka_offset": 990}
-    assert changed["PaymentType"] != alice["PaymentType"]
-    write_lake([*rows, changed], tmp_path)
+@pytest.fixture(scope="module")
+def retried(spark, tmp_path_factory) -> DataFrame:
+    """The lake's rows as read: the known lake plus the orders senders sent again."""
+    root = tmp_path_factory.mktemp("retried")
+    write_lake(retried_rows(), root)
+    return read_purchases(spark, str(root))
 
-    orders = dedupe_orders(read_purchases(spark, str(tmp_path)))
-    conflicts = order_conflicts(orders)
 
-    assert orders.count() == 20  # the 19 orders and the second version of one
-    assert delivery_summary(read_purchases(spark, str(tmp_path))) == (22, 20)
+def test_a_retry_with_reordered_lines_is_the_same_order(retried: DataFrame) -> None:
+    assert "O-bob-1" not in set(order_conflicts(retried)["OrderId"])
+    (bob,) = dedupe_orders(retried).where("OrderId = 'O-bob-1'").collect()
+    assert bob.kafka_offset == 1, "the first copy of the one version is kept"
+
+
+def test_a_changed_order_is_one_conflict_counted_once_as_its_latest_version(
+    retried: DataFrame,
+) -> None:
+    assert delivery_summary(retried) == (24, 19)  # every copy stays in the lake
+    conflicts = order_conflicts(retried)
     assert conflicts["OrderId"].tolist() == ["O-alice-1", "O-alice-1"]
     assert conflicts["versions"].tolist() == [2, 2]
-    assert set(conflicts["PaymentType"]) == {alice["PaymentType"], "PayPal"}
+    # Her old version arrived again later (offset 502): a re-delivery does not make it latest.
+    assert conflicts["kafka_offset"].tolist() == [0, 501]
+    assert conflicts["counted"].tolist() == [False, True]
+    assert conflicts["TotalPrice"].tolist() == [60.0, 3 * ALICE_NEW_PRICE]
+    orders = dedupe_orders(retried)
+    assert orders.count() == 19
+    (alice,) = orders.where("OrderId = 'O-alice-1'").collect()
+    assert (alice.kafka_offset, alice.TotalPrice) == (501, 3 * ALICE_NEW_PRICE)
 
 
-def test_the_known_lake_has_no_conflicts(orders: DataFrame) -> None:
-    assert order_conflicts(orders).empty
+def test_every_analysis_counts_each_order_id_once(retried: DataFrame) -> None:
+    """Retried and changed orders count once, the changed one with its latest version's values."""
+    orders = dedupe_orders(retried)
+    reference = reference_orders(retried_rows())
+    best = best_selling_products(orders)
+    _same(best, reference_best_selling(reference))
+    p01 = best.set_index("product_id").loc["P-01"]
+    assert (p01.units_sold, p01.revenue) == (3, 3 * ALICE_NEW_PRICE)
+    assert best.set_index("product_id").units_sold["P-02"] == 5
+    preference = payment_type_preference(orders)
+    _same(preference, reference_payment_types(reference))
+    assert list(preference.orders) == [9, 5, 4, 1]
+    top = top_customers_last_hour(orders, NOW)
+    _same(top, reference_top_customers(reference, NOW))
+    alice = top.set_index("user_id").loc["alice"]
+    assert (alice.order_total, alice.orders_in_hour) == (3 * ALICE_NEW_PRICE, 1)
+    repeats = pd.DataFrame(list(repeat_rows(repeat_purchases(orders))), columns=list(COLUMNS))
+    repeats = repeats.sort_values(["user_id", "product_id"])
+    _same(repeats, reference_repeat_purchases(reference))
+    assert [(r.user_id, r.product_id, r.order_count) for r in repeats.itertuples()] == [
+        ("bob", "P-02", 2),
+        ("carol", "P-03", 2),
+        ("erin", "P-05", 2),
+        ("lee", "P-08", 2),
+    ]  # neither alice's P-01 nor bob's P-03 is a repeat purchase
+
+
+def test_spark_and_pyarrow_agree_on_conflicts(retried: DataFrame) -> None:
+    in_spark = order_conflicts(retried)
+    counted = in_spark[in_spark["counted"]]
+    from_spark = {
+        row.OrderId: Conflict(
+            row.versions,
+            KafkaPosition(
+                row.kafka_timestamp.to_pydatetime(), row.kafka_partition, row.kafka_offset
+            ),
+        )
+        for row in counted.itertuples()
+    }
+    from_arrow = conflicting_orders(
+        pa.Table.from_pylist(retried_rows(), schema=to_arrow_schema(PURCHASE_ROW))
+    )
+    assert from_arrow == from_spark
+    assert list(from_arrow) == ["O-alice-1"]
+
+
+def test_the_known_lake_has_no_conflicts(spark, known_lake) -> None:
+    assert order_conflicts(read_purchases(spark, str(known_lake))).empty

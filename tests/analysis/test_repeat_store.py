@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -14,10 +15,23 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
-from app.analysis.purchases import top_repurchased_products, top_repurchased_products_query
+from app.analysis.purchases import (
+    dedupe_orders,
+    read_purchases,
+    repeat_purchases,
+    repeat_rows,
+    top_repurchased_products,
+    top_repurchased_products_query,
+)
 from app.analysis.repeat_store import COLUMNS, replace_repeat_purchases
 from app.core.clients import postgres_connection
 from app.core.config import Settings
+from tests.analysis.dataset import (
+    reference_orders,
+    reference_repeat_purchases,
+    retried_rows,
+    write_lake,
+)
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -55,6 +69,29 @@ def _count(conn: Any, settings: Settings) -> int:
         cur.execute(sql.SQL("SELECT count(*) FROM {}").format(table))
         count: int = cur.fetchone()[0]
     return count
+
+
+def test_each_order_id_counts_once_in_the_table(
+    spark: Any, tmp_path: Path, conn: Any, scope_settings: Settings
+) -> None:
+    """A retry with reordered lines and a changed order, through Spark to PostgreSQL: neither
+    makes a repeat purchase; the table holds the pandas reference's rows exactly."""
+    write_lake(retried_rows(), tmp_path)
+    orders = dedupe_orders(read_purchases(spark, str(tmp_path)))
+    replace_repeat_purchases(conn, scope_settings, repeat_rows(repeat_purchases(orders)))
+    stored = _content(conn, scope_settings)
+    expected = reference_repeat_purchases(reference_orders(retried_rows()))
+    assert stored == [
+        (r.user_id, r.product_id, r.order_count, r.total_quantity, *times)
+        for r in expected.itertuples()
+        for times in [(r.first_purchase_at.to_pydatetime(), r.last_purchase_at.to_pydatetime())]
+    ]
+    assert [row[:4] for row in stored] == [
+        ("bob", "P-02", 2, 5),
+        ("carol", "P-03", 2, 4),
+        ("erin", "P-05", 2, 10),
+        ("lee", "P-08", 2, 6),
+    ]
 
 
 def test_replace_writes_exactly_the_rows(conn: Any, scope_settings: Settings) -> None:

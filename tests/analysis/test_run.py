@@ -24,9 +24,9 @@ from app.core.config import ROOT, Settings
 from tests.analysis.conftest import discard
 from tests.analysis.dataset import (
     NOW,
-    lake_rows,
     reference_orders,
     reference_repeat_purchases,
+    retried_rows,
     write_lake,
 )
 from tests.support import make_isolated_settings
@@ -55,7 +55,9 @@ def _outputs(notebook: Path) -> str:
 
 
 def test_analyze_end_to_end(scope_settings: Settings, tmp_path: Path) -> None:
-    write_lake(lake_rows(), _lake_root(scope_settings), s3_filesystem(scope_settings))
+    """The known lake with a retried and a changed order: the report lists the one conflict, and
+    the table counts each OrderId once."""
+    write_lake(retried_rows(), _lake_root(scope_settings), s3_filesystem(scope_settings))
 
     result = analyze(scope_settings, "--now", NOW.isoformat(), "--output", str(tmp_path))
 
@@ -88,8 +90,10 @@ def test_analyze_end_to_end(scope_settings: Settings, tmp_path: Path) -> None:
     assert "Most preferred: **CreditCard**" in shown
     assert "image/png" in shown, "the charts are drawn"
     assert "ORDER BY repeat_customers DESC" in _outputs(two)
+    assert "**24** rows, **19** orders" in shown
+    assert "Warning: 1 `OrderId`s arrived with different content" in shown
 
-    expected = reference_repeat_purchases(reference_orders(lake_rows()))
+    expected = reference_repeat_purchases(reference_orders(retried_rows()))
     conn = postgres_connection(scope_settings)
     try:
         with conn.cursor() as cur:
