@@ -23,6 +23,7 @@ from fsspec import AbstractFileSystem
 from app.console.probes import Reading
 from app.core.clients import s3_filesystem
 from app.core.config import Settings
+from app.lake.gaps import recorded_gaps
 from app.lake.queries import sinks
 from app.lake.storage import is_s3, join_url, location
 from app.lake.writer_lock import LEASE_NAME, LOCK_NAME
@@ -87,14 +88,23 @@ def stream_job_running(settings: Settings) -> bool | None:
     return _file_lock_is_held(Path(location(settings, checkpoint)[1]))
 
 
+def lost_offsets(settings: Settings) -> int:
+    """Offsets of the purchases query acknowledged as lost past Kafka's retention (`task
+    lake-ack-gap`): orders that never reached the lake."""
+    name = sinks(settings)[0].name
+    return sum(int(gap["lost"]) for gap in recorded_gaps(settings) if gap["sink"] == name)
+
+
 def spark_reading(settings: Settings) -> Reading:
-    """The purchases query's last committed batch: id, rows, duration, rows/s, freshness."""
+    """The purchases query's last committed batch: id, rows, duration, rows/s, freshness; and
+    the offsets acknowledged as lost (`lost_offsets`)."""
     checkpoint = sinks(settings)[0].checkpoint
     down = NOT_RUNNING if stream_job_running(settings) is False else None
     fs, folder = location(settings, checkpoint)
     commits = _batch_ids(fs, f"{folder}/commits")
+    lost = lost_offsets(settings)
     if not commits:
-        return Reading({"checkpoint": checkpoint, "batch": None}, down=down)
+        return Reading({"checkpoint": checkpoint, "batch": None, "lost_offsets": lost}, down=down)
     batch = commits[-1]
     planned = _batch_ids(fs, f"{folder}/offsets")
     offsets = f"{folder}/offsets/{batch}"
@@ -112,6 +122,7 @@ def spark_reading(settings: Settings) -> Reading:
         "rows_per_second": round(rows / duration, 1),
         "committed_ago": round(time.time() - committed, 1),
         "running": planned[-1] > batch,
+        "lost_offsets": lost,
     }
     # A record that reached Kafka just after the previous batch fixed its end offsets waits for
     # this batch, and is readable once it commits: the longest POST-to-readable of this batch.

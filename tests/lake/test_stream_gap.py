@@ -8,6 +8,7 @@ import sys
 
 from confluent_kafka import Consumer, TopicPartition
 
+from app.console.spark import spark_reading
 from app.core.clients import kafka_admin
 from app.core.config import ROOT, Settings
 from app.lake.gaps import gaps_url, recorded_gaps, report
@@ -95,6 +96,7 @@ def test_a_gap_past_retention_is_refused_then_acknowledged_keeping_the_lake(
         } == {
             p: (written[p], gone[p] - 1, gone[p] - written[p]) for p in gone if gone[p] > written[p]
         }
+    assert spark_reading(settings).figures["lost_offsets"] == len(lost)
     lines = report(settings)
     assert not any("NOT ACKNOWLEDGED" in line for line in lines)
     assert any(line.startswith("lake gap purchased_items: 200 offsets of") for line in lines)
