@@ -6,7 +6,9 @@ command without `--reload` as a child, watches the Python files the process is m
 change stops the child as honcho would (SIGTERM, then SIGKILL after `STOP_SECONDS`) and starts it
 again. The Spark stream resumes from its checkpoint, the generator with a new crowd; nothing
 acknowledged is lost. A child that exits by itself (a syntax error, say) is not started again
-until the next change, as uvicorn's reloader does for the API.
+until the next change, as uvicorn's reloader does for the API; one that exits with
+`EXIT_TRY_AGAIN` (a service it needs does not answer) is started again after 2, 4, 8... up to
+`MAX_BACKOFF_SECONDS`.
 
 SIGTERM or SIGINT to the watcher (honcho's Ctrl-C, which signals the whole process group) stops
 the child the same way and ends with the child's exit status.
@@ -19,16 +21,21 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from watchfiles import Change, PythonFilter, watch
 
 from app.core.config import ROOT
+from app.core.errors import EXIT_TRY_AGAIN
 from app.core.process import kill_tree
 
 # Under honcho's 5 s grace: the stream's own stop deadline is 3.5 s.
 STOP_SECONDS = 4.5
+MAX_BACKOFF_SECONDS = 30
+# A child that ran this long before asking to be started again starts over at the shortest wait.
+HEALTHY_SECONDS = 60
 # What each process is made of (the packages it imports), besides what they all share: the
 # record contract and the plumbing. A change elsewhere restarts none of them.
 SOURCES = {
@@ -92,7 +99,10 @@ def run_reloading(name: str, module: str, argv: Sequence[str]) -> int:
         signal.signal(signum, request_stop)
     print(f"{name}: live reload on: a change under {', '.join(sources)} restarts it", flush=True)
     child = _start(command)
+    started = time.monotonic()
     said_exit = False
+    retries = 0
+    retry_at: float | None = None
     for changes in watch(
         *paths,
         watch_filter=PythonFilter(),
@@ -101,8 +111,18 @@ def run_reloading(name: str, module: str, argv: Sequence[str]) -> int:
         rust_timeout=1000,
         yield_on_timeout=True,
     ):
-        if not changes:
-            if child.poll() is not None and not said_exit:
+        if changes:
+            print(f"{name}: {_changed(changes)} changed: restarting", flush=True)
+        elif retry_at is not None and time.monotonic() >= retry_at:
+            print(f"{name}: starting it again", flush=True)
+        else:
+            if child.poll() == EXIT_TRY_AGAIN and retry_at is None:
+                retries = 0 if time.monotonic() - started > HEALTHY_SECONDS else retries
+                wait = min(2 ** (retries + 1), MAX_BACKOFF_SECONDS)
+                retries += 1
+                retry_at = time.monotonic() + wait
+                print(f"{name}: a service it needs does not answer; again in {wait} s", flush=True)
+            elif child.poll() not in (None, EXIT_TRY_AGAIN) and not said_exit:
                 said_exit = True
                 print(
                     f"{name}: exited with status {child.returncode}; waiting for a change "
@@ -110,10 +130,11 @@ def run_reloading(name: str, module: str, argv: Sequence[str]) -> int:
                     flush=True,
                 )
             continue
-        print(f"{name}: {_changed(changes)} changed: restarting", flush=True)
         _stop(child)
         child = _start(command)
+        started = time.monotonic()
         said_exit = False
+        retry_at = None
     code = _stop(child)
     # Stopped by our SIGTERM, as asked: a clean stop (honcho prints `rc=0`).
     return 0 if code == -signal.SIGTERM else code

@@ -18,7 +18,7 @@ import argparse
 import sys
 
 from app.core.config import get_settings
-from app.core.errors import LabError
+from app.core.errors import EXIT_TRY_AGAIN, LabError, ServiceAway
 from app.core.logs import setup_logging
 from app.core.reload import reload_argv, run_reloading
 
@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run_stream(get_settings(), available_now=args.available_now, master=args.master)
+    except ServiceAway as exc:
+        print(f"app.lake: {exc}", file=sys.stderr)
+        return EXIT_TRY_AGAIN
     except LabError as exc:
         print(f"app.lake: {exc}", file=sys.stderr)
         return 1

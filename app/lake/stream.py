@@ -29,7 +29,7 @@ from pyspark.sql.streaming.query import StreamingQuery
 
 from app.core.clients import s3_filesystem
 from app.core.config import Settings
-from app.core.errors import LabError
+from app.core.errors import EXIT_TRY_AGAIN, LabError, ServiceAway
 from app.core.kafka import ensure_topics
 from app.core.process import kill_tree
 from app.lake.failures import (
@@ -66,13 +66,13 @@ def preflight(settings: Settings) -> None:
     try:
         ensure_topics(settings, [settings.topic_purchased_item])
     except Exception as exc:
-        raise LabError(
+        raise ServiceAway(
             f"Kafka is not reachable at {settings.kafka_servers} ({exc}). Run `task infra-up`."
         ) from exc
     try:
         found = s3_filesystem(settings).exists(settings.s3_bucket)
     except Exception as exc:
-        raise LabError(
+        raise ServiceAway(
             f"S3 is not reachable at {settings.s3_endpoint_url} ({exc}). Run `task infra-up`."
         ) from exc
     if not found:
@@ -235,15 +235,19 @@ def _abandon(seconds: float, log: Log) -> None:
 
 def _lock_lost(lock: WriterLock, reason: LabError) -> NoReturn:
     """The writer lock is lost (called on the lock's own thread): kill the JVM before it can
-    commit another file, then say why and who holds the lock now, and exit 1."""
+    commit another file, then say why and who holds the lock now, and exit 1; or, when nobody
+    holds it and S3 does not answer, EXIT_TRY_AGAIN (under `task up` the stream's watcher
+    starts it again once S3 answers)."""
+    status = 1
     try:
         last_word = _kill_jvm()
         other = lock.holder()
         if other is None:
+            status = EXIT_TRY_AGAIN
             what = (
                 f"{reason}. This stream killed its JVM at once, so that it cannot write beside "
-                "a job that takes the lease over; start it again once S3 answers (`task "
-                "infra-up`)."
+                "a job that takes the lease over; it can start again once S3 answers (`task "
+                "infra-up`; under `task up` that happens by itself)."
             )
         else:
             held = "" if isinstance(reason, LeaseLost) else f"; {other} holds it now"
@@ -253,7 +257,7 @@ def _lock_lost(lock: WriterLock, reason: LabError) -> NoReturn:
             )
         os.write(last_word, f"app.lake: {what}\n".encode())
     finally:
-        os._exit(1)
+        os._exit(status)
 
 
 def _pause(seconds: float, received: list[int]) -> None:
