@@ -7,9 +7,9 @@ PostgreSQL. Definitions, stated here once and above each answer in the notebook:
 
 - an `OrderId` is one order and counts once, however many times and in how many versions it
   arrived: copies with the same content (in any line order) are one version; of an id's versions
-  the latest by Kafka position is counted, and `order_conflicts` lists every version of an id
-  that has several, so nothing is dropped without a word (the exact rule, shared with `task
-  status`, is in `app.analysis.conflicts`);
+  the one whose first copy is latest by Kafka position is counted, and `order_conflicts` lists
+  every version of an id that has several, so nothing is dropped without a word (the exact rule,
+  shared with `task status`, is in `app.analysis.conflicts`);
 - a product line's revenue is `ItemCount * ItemPrice * (1 - ItemDiscount)`;
 - "the last hour" is `TimeStamp` in (now - 1 hour, now], with "now" given, not read from a clock;
 - a repeat purchase is a (customer, product) pair found in more than one *distinct* order:

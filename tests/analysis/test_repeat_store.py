@@ -1,5 +1,5 @@
-"""The `repeat_purchases` table on the real PostgreSQL: exact content, atomic replacement, and
-notebook 2's SQL against an independent ranking."""
+"""The `repeat_purchases` table on the real PostgreSQL: each OrderId counted once, exact content,
+atomic replacement, and notebook 2's SQL against an independent ranking."""
 
 from __future__ import annotations
 
