@@ -15,6 +15,7 @@ from app.core.config import Settings, get_settings
 from app.core.kafka import partition_replicas, topic_ends
 from app.core.logs import setup_logging
 from app.infra.report import status_rows
+from app.lake.gaps import report as lake_gaps
 
 
 def topic_offsets(settings: Settings) -> list[str]:
@@ -153,6 +154,7 @@ def report(settings: Settings) -> list[str]:
         ("MongoDB", drain_gaps),
         ("S3", lake_files),
         ("S3", lake_orders),
+        ("S3", lake_gaps),
         ("PostgreSQL", table_rows),
     ]
     for name, probe in probes:

@@ -35,6 +35,7 @@ from fsspec import AbstractFileSystem
 
 from app.core.config import Settings, get_settings
 from app.core.errors import LabError
+from app.core.logs import setup_logging
 from app.lake.queries import Sink, sinks
 from app.lake.sink_log import log_state
 from app.lake.storage import join_url, location
@@ -289,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         "still have to read (in gaps.json beside them), and resume past them keeping the lake."
     ).parse_args(argv)
     settings = get_settings()
+    setup_logging("lake-ack-gap", settings)
     try:
         gaps = acknowledge(settings)
     except LabError as exc:

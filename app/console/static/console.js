@@ -102,6 +102,7 @@ function figureRows(key, f, rates) {
         ["freshness (POST to readable)", seconds(f.freshness), "spark-freshness"],
         ["waiting in Kafka", num(f.pending), "spark-pending"],
         ["quarantined rows", num(f.quarantined_rows), "spark-quarantined"],
+        ["lost past retention (acknowledged)", num(f.lost_offsets), "spark-lost"],
       ];
     case "lake":
       return [
