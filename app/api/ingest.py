@@ -1,9 +1,10 @@
 """From an HTTP request to validated records: content type, size limits, JSON, the contract.
 
 A request is all-or-nothing: any invalid record refuses the whole request, so nothing of it is
-stored. The checks run cheapest first: content type (415), declared size (413), streamed size
-(413) within the body deadline (408), JSON syntax (400), array length (413), then the record
-models (422) and duplicate `OrderId`s within the request (422).
+stored. The checks run cheapest first: the `Idempotency-Key` header of `PUT /SendEvent` (400),
+content type (415), declared size (413), streamed size (413) within the body deadline (408), JSON
+syntax (400), array length (413), then the record models (422) and duplicate `OrderId`s within
+the request (422).
 """
 
 from __future__ import annotations
