@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from app.core.config import Settings, get_settings
-from app.core.kafka import partition_replicas, topic_ends
 from app.core.logs import setup_logging
+from app.core.topics import partition_replicas, topic_ends
 from app.infra.report import status_rows
 from app.lake.gaps import report as lake_gaps
 

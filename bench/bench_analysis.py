@@ -268,7 +268,7 @@ def check_agreement(spark: dict[str, Any], duck: dict[str, Any]) -> None:
 
 def bench_engines(settings: Settings, folder: Path, rounds: int) -> list[RepeatRow]:
     from app.analysis.purchases import tune_for_analysis
-    from app.lake.spark import build_spark_session
+    from app.lake.session import build_spark_session
 
     print(
         f"\nthe four analyses on {folder.name} (local Parquet): Spark local[2] vs DuckDB 2 threads"

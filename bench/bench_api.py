@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.api.producer import producer_config
 from app.core.config import ROOT, Settings, get_settings
-from app.core.kafka import ensure_topics
+from app.core.topics import ensure_topics
 from app.generator.crowd import Crowd
 from app.schemas import Purchase, UserEvent
 

@@ -85,7 +85,7 @@ def measure(base: Settings, brokers: int, args: argparse.Namespace) -> Figures:
 def stream_throughput(settings: Settings, orders: int) -> None:
     from bench_stream import MASTER, throughput
 
-    from app.lake.spark import build_spark_session
+    from app.lake.session import build_spark_session
     from app.lake.storage import ensure_bucket
 
     ensure_bucket(settings)

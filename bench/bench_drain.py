@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app.airflow_runner import dags_test
 from app.core.clients import Document, kafka_admin, mongo_client
 from app.core.config import Settings, get_settings
-from app.core.kafka import ensure_topics
+from app.core.topics import ensure_topics
 from app.pipeline.counts import apply_batches, refresh_event_counts
 from app.pipeline.drain import drain_user_events, open_consumer, pending_batches, prepare_batch
 from app.pipeline.store import EventStore

@@ -47,7 +47,7 @@ from bench_api import (
 )
 
 from app.core.config import ROOT, Settings, get_settings
-from app.core.kafka import ensure_topics
+from app.core.topics import ensure_topics
 
 TARGET_EVENTS_PER_SECOND = 5_000
 # Sessions make ~3.9 events each: 1,600 users/s offer ~6,200 events/s, above the target.

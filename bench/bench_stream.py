@@ -57,11 +57,11 @@ from pyspark.sql import functions as F
 
 from app.core.clients import kafka_admin, s3_filesystem
 from app.core.config import Settings, get_settings
-from app.core.kafka import ensure_topics
+from app.core.topics import ensure_topics
 from app.lake.queries import kafka_messages, sinks, start_queries
 from app.lake.schema import PARTITION_COLUMN
+from app.lake.session import build_spark_session
 from app.lake.sink_log import committed_files
-from app.lake.spark import build_spark_session
 from app.lake.storage import ensure_bucket
 from app.schemas import PaymentType, Purchase, PurchasedProduct, order_total
 

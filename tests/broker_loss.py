@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from app.core.config import Settings
-from app.core.kafka import partition_replicas
+from app.core.topics import partition_replicas
 from app.schemas import EventName
 from tests.support import SpareKafka, start_group, stop_group
 

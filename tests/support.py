@@ -21,7 +21,7 @@ import psutil  # type: ignore[import-untyped]  # no stubs installed
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from app.core.config import ROOT, Settings
-from app.core.kafka import ensure_topics
+from app.core.topics import ensure_topics
 from app.infra.kafka import Kafka
 from app.infra.spark_cluster import SparkDaemon, SparkMaster, SparkWorker
 from app.pipeline.store import EventStore

@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from app.console.lake import BestSellers, lake_reading, quarantine_reading
+from app.console.lake_probe import BestSellers, lake_reading, quarantine_reading
 from app.console.probes import (
     AirflowClient,
     PostgresReader,
@@ -29,7 +29,7 @@ from app.console.probes import (
     top_users_reading,
 )
 from app.console.sampler import Probe, Sampler
-from app.console.spark import spark_reading
+from app.console.stream_probe import spark_reading
 from app.core.config import Settings, get_settings
 
 HERE = Path(__file__).parent

@@ -18,7 +18,7 @@ from pymongo.errors import PyMongoError
 
 from app.core.clients import mongo_client
 from app.core.config import Settings
-from app.core.kafka import topic_ends
+from app.core.topics import topic_ends
 from app.pipeline.store import EventStore
 
 # Routes that are not ingest: the console's own scrapes and health checks would count as traffic.

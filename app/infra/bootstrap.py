@@ -7,7 +7,7 @@ from psycopg2 import sql
 from app.analysis.repeat_store import ensure_schema
 from app.core.clients import postgres_connection
 from app.core.config import Settings
-from app.core.kafka import ensure_topics
+from app.core.topics import ensure_topics
 from app.lake.storage import ensure_bucket
 from app.pipeline.store import EventStore
 

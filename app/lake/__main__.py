@@ -5,7 +5,7 @@
     .venv/bin/python -m app.lake --master spark://host:7077
 
 It starts Spark through pyspark (which runs `spark-submit` for its JVM) rather than being given
-to `spark-submit`: the session (`app/lake/spark.py`) resolves and adds the connector jars and
+to `spark-submit`: the session (`app/lake/session.py`) resolves and adds the connector jars and
 the s3a settings itself, so one command works the same under honcho, in tests and by hand.
 
 Topic, bucket, prefixes, checkpoint, trigger interval and batch size come from the settings

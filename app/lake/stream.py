@@ -30,8 +30,8 @@ from pyspark.sql.streaming.query import StreamingQuery
 from app.core.clients import s3_filesystem
 from app.core.config import Settings
 from app.core.errors import EXIT_TRY_AGAIN, LabError, ServiceAway
-from app.core.kafka import ensure_topics
 from app.core.process import kill_tree
+from app.core.topics import ensure_topics
 from app.lake.failures import (
     PROBE_EVERY_SECONDS,
     Failure,
@@ -44,8 +44,8 @@ from app.lake.failures import (
 from app.lake.gaps import find_gaps
 from app.lake.gaps import refusal as gap_refusal
 from app.lake.queries import sinks, start_queries, stop_queries
+from app.lake.session import build_spark_session
 from app.lake.sink_log import SINK_LOG, disagreement, remove_orphans, remove_stale_orphans
-from app.lake.spark import build_spark_session
 from app.lake.writer_lock import LeaseLost, WriterLock, writer_lock
 
 # Files kept by the clean-up because a former writer may still commit them, by sink folder.

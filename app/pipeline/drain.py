@@ -70,7 +70,7 @@ from pymongo.errors import PyMongoError
 from app.core.clients import Document, mongo_client
 from app.core.config import Settings
 from app.core.errors import LabError
-from app.core.kafka import TopicIds, lost_offsets_line, topic_partitions
+from app.core.topics import TopicIds, lost_offsets_line, topic_partitions
 from app.pipeline.store import EventStore, PartitionState
 from app.schemas import (
     IDEMPOTENCY_KEY_HEADER,

@@ -21,7 +21,7 @@ from pymongo.errors import BulkWriteError
 
 from app.core.clients import Document, mongo
 from app.core.config import Settings
-from app.core.kafka import lost_offsets_line
+from app.core.topics import lost_offsets_line
 
 DUPLICATE_KEY = 11000
 # Updates per `update` command. Unpatched FerretDB 1.24 holds a connection per matched statement

@@ -12,7 +12,7 @@ from pyspark.sql import DataFrame, SparkSession
 from app.analysis.purchases import dedupe_orders, read_purchases, tune_for_analysis
 from app.core.clients import postgres_connection, s3_filesystem
 from app.core.config import Settings, get_settings
-from app.lake.spark import build_spark_session
+from app.lake.session import build_spark_session
 from tests.analysis.dataset import lake_rows, write_lake
 
 

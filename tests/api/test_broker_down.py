@@ -20,7 +20,7 @@ from httpx import Response
 from app.api.main import create_app
 from app.api.routes import EVENT_EXAMPLE, PURCHASE_EXAMPLE
 from app.core.config import Settings
-from app.core.kafka import ensure_topics
+from app.core.topics import ensure_topics
 from app.schemas import UserEvent
 from tests.support import SpareKafka, free_port, spare_kafka
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from app.console.lake import BestSellers
+from app.console.lake_probe import BestSellers
 from app.console.probes import (
     PostgresReader,
     Reading,
@@ -28,7 +28,7 @@ from app.console.probes import (
     open_event_store,
 )
 from app.console.sampler import Probe, Sampler
-from app.console.spark import spark_reading, stream_job_running
+from app.console.stream_probe import spark_reading, stream_job_running
 from app.core.clients import postgres_connection, s3_filesystem
 from app.core.config import Settings
 from app.pipeline.drain import drain_user_events

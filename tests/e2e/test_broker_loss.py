@@ -17,7 +17,7 @@ from confluent_kafka.admin import ConfigResource, ResourceType  # type: ignore[a
 
 from app.core.clients import kafka_admin, mongo
 from app.core.config import Settings
-from app.core.kafka import partition_replicas
+from app.core.topics import partition_replicas
 from app.pipeline.counts import refresh_event_counts
 from app.pipeline.drain import drain_user_events
 from tests.broker_loss import BrokerLoss, lose_a_leader, serving_api

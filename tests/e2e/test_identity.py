@@ -23,7 +23,7 @@ from app.api.main import create_app
 from app.api.routes import EVENT_EXAMPLE, PURCHASE_EXAMPLE
 from app.core.config import Settings, get_settings
 from app.lake.queries import start_queries
-from app.lake.spark import build_spark_session
+from app.lake.session import build_spark_session
 from app.pipeline.counts import refresh_event_counts
 from app.pipeline.drain import drain_user_events
 from tests.lake.helpers import arrow_orders, arrow_rows, produce

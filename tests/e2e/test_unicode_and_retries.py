@@ -33,7 +33,7 @@ from app.api.routes import EVENT_EXAMPLE, PURCHASE_EXAMPLE
 from app.core.clients import mongo_client, postgres_connection
 from app.core.config import Settings, get_settings
 from app.lake.queries import start_queries
-from app.lake.spark import build_spark_session
+from app.lake.session import build_spark_session
 from app.pipeline.counts import refresh_event_counts
 from app.pipeline.drain import drain_user_events
 from app.status import lake_orders

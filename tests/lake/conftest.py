@@ -13,8 +13,8 @@ import pytest
 from pyspark.sql import SparkSession
 
 from app.core.config import Settings, get_settings
-from app.core.kafka import ensure_topics
-from app.lake.spark import build_spark_session
+from app.core.topics import ensure_topics
+from app.lake.session import build_spark_session
 from app.lake.storage import ensure_bucket
 from tests.support import make_isolated_settings, remove_isolated
 

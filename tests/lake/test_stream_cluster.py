@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil  # type: ignore[import-untyped]  # no stubs installed
 
 from app.core.config import Settings
-from app.core.kafka import ensure_topics
+from app.core.topics import ensure_topics
 from app.lake.queries import sinks
 from app.lake.sink_log import log_state, orphan_files
 from app.lake.storage import ensure_bucket

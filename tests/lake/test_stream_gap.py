@@ -8,7 +8,7 @@ import sys
 
 from confluent_kafka import Consumer, TopicPartition
 
-from app.console.spark import spark_reading
+from app.console.stream_probe import spark_reading
 from app.core.clients import kafka_admin
 from app.core.config import ROOT, Settings
 from app.lake.gaps import gaps_url, recorded_gaps, report

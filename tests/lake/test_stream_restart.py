@@ -12,7 +12,7 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 
 from app.core.config import Settings
-from app.core.kafka import ensure_topics
+from app.core.topics import ensure_topics
 from app.lake.queries import sinks
 from app.lake.sink_log import orphan_files
 from tests.lake.helpers import (

@@ -15,7 +15,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from app.core.config import Settings
-from app.core.kafka import ensure_topics
+from app.core.topics import ensure_topics
 from app.lake.queries import sinks
 from app.lake.sink_log import committed_files, folder_files, log_state, orphan_files
 from app.lake.storage import join_url, location

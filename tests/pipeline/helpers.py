@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from app.core.clients import kafka_admin
 from app.core.config import ROOT, Settings
-from app.core.kafka import ensure_topics
+from app.core.topics import ensure_topics
 from app.schemas import EventAttributes, EventName, UserEvent
 from tests.support import event_store, make_isolated_settings, remove_isolated
 

@@ -21,7 +21,7 @@ from confluent_kafka import Producer
 from kafka.consumer.fetcher import ConsumerRecord
 
 from app.core.config import Settings
-from app.core.kafka import ensure_topics
+from app.core.topics import ensure_topics
 from app.infra.mongo import Mongo
 from app.pipeline.counts import mark_key, refresh_event_counts
 from app.pipeline.drain import (

@@ -19,7 +19,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 
 from app.core.clients import kafka_admin
 from app.core.config import Settings
-from app.core.kafka import TopicIds
+from app.core.topics import TopicIds
 from app.pipeline.counts import refresh_event_counts
 from app.pipeline.drain import Gap, drain_user_events
 from app.status import drain_gaps, topic_offsets
