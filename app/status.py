@@ -14,6 +14,7 @@ from collections.abc import Callable
 from app.core.config import Settings, get_settings
 from app.core.logs import setup_logging
 from app.core.topics import partition_replicas, topic_ends
+from app.figures import lake_prefix, mongo_documents, repeat_purchases_rows
 from app.infra.report import status_rows
 from app.lake.gaps import report as lake_gaps
 
@@ -70,26 +71,20 @@ def mongo_counts(settings: Settings) -> list[str]:
 
     client = mongo_client(settings, timeout_ms=3000)
     try:
-        store = EventStore.connect(settings, client)
-        return [
-            f"mongo {c.full_name}: {c.estimated_document_count()} documents"
-            for c in (store.events, store.counts, store.quarantine)
-        ]
+        documents = mongo_documents(EventStore.connect(settings, client))
     finally:
         client.close()
+    return [
+        f"mongo {settings.mongo_database}.{name}: {count} documents"
+        for name, count in documents.items()
+    ]
 
 
 def lake_files(settings: Settings) -> list[str]:
-    from app.core.clients import s3_filesystem
-
-    fs = s3_filesystem(settings)
     lines = []
     for prefix in (settings.s3_purchases_prefix, settings.s3_quarantine_prefix):
-        root = f"{settings.s3_bucket}/{prefix}"
-        files = fs.find(root) if fs.exists(root) else []
-        parquet = [f for f in files if f.endswith(".parquet")]
-        size = sum(fs.size(f) for f in parquet) if parquet else 0
-        lines.append(f"lake s3://{root}: {len(parquet)} Parquet files, {size / 2**20:.1f} MiB")
+        lake = lake_prefix(settings, prefix)
+        lines.append(f"lake {lake.url}: {lake.files} Parquet files, {lake.bytes / 2**20:.1f} MiB")
     return lines
 
 
@@ -124,23 +119,18 @@ def lake_orders(settings: Settings) -> list[str]:
 
 
 def table_rows(settings: Settings) -> list[str]:
-    from psycopg2 import sql
-
     from app.core.clients import postgres_connection
 
     conn = postgres_connection(settings)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT to_regclass(%s)", (settings.repeat_purchases_table,))
-            if cur.fetchone()[0] is None:
-                return [f"postgres {settings.repeat_purchases_table}: no table yet"]
-            table = sql.Identifier(settings.repeat_purchases_table)
-            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(table))
-            rows = cur.fetchone()[0]
-        where = f"{settings.postgres_database}.{settings.repeat_purchases_table}"
-        return [f"postgres {where}: {rows} rows"]
+            table = repeat_purchases_rows(settings, cur)
     finally:
         conn.close()
+    if table.rows is None:
+        return [f"postgres {table.table}: no table yet"]
+    written = f", written {table.written}" if table.written else ""
+    return [f"postgres {settings.postgres_database}.{table.table}: {table.rows} rows{written}"]
 
 
 def report(settings: Settings) -> list[str]:

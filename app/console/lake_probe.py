@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from app.console.probes import Reading
 from app.core.clients import s3_filesystem
 from app.core.config import Settings
+from app.figures import lake_prefix
 from app.lake.schema import PARTITION_COLUMN
 from app.lake.sink_log import committed_files
 
@@ -24,17 +25,13 @@ PARTITION = re.compile(rf"{PARTITION_COLUMN}=(\d{{4}}-\d{{2}}-\d{{2}})")
 
 def lake_reading(settings: Settings) -> Reading:
     """Parquet files and bytes under the purchases prefix, and the newest `ingest_date`."""
-    fs = s3_filesystem(settings)
-    root = f"{settings.s3_bucket}/{settings.s3_purchases_prefix}"
-    found = fs.find(root, detail=True) if fs.exists(root) else {}
-    parquet = {path: info for path, info in found.items() if path.endswith(".parquet")}
-    dates = sorted({m.group(1) for path in parquet if (m := PARTITION.search(path))})
+    lake = lake_prefix(settings, settings.s3_purchases_prefix)
     return Reading(
         {
-            "prefix": f"s3://{root}",
-            "files": len(parquet),
-            "bytes": sum(int(info.get("size", 0)) for info in parquet.values()),
-            "newest_ingest_date": dates[-1] if dates else None,
+            "prefix": lake.url,
+            "files": lake.files,
+            "bytes": lake.bytes,
+            "newest_ingest_date": lake.newest_ingest_date,
         }
     )
 

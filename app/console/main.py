@@ -18,7 +18,6 @@ from fastapi.templating import Jinja2Templates
 
 from app.console.lake_probe import BestSellers, lake_reading, quarantine_reading
 from app.console.probes import (
-    AirflowClient,
     PostgresReader,
     airflow_reading,
     api_reading,
@@ -30,6 +29,7 @@ from app.console.probes import (
 )
 from app.console.sampler import Probe, Sampler
 from app.console.stream_probe import spark_reading
+from app.core.airflow_api import AirflowClient
 from app.core.config import Settings, get_settings
 
 HERE = Path(__file__).parent

@@ -8,7 +8,6 @@ that only grow (requests, records) go in `counters`: the sampler turns them into
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -16,9 +15,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from pymongo import DESCENDING
 from pymongo.errors import PyMongoError
 
+from app.core.airflow_api import AirflowClient
 from app.core.clients import mongo_client
 from app.core.config import Settings
 from app.core.topics import topic_ends
+from app.figures import mongo_documents, repeat_purchases_rows
 from app.pipeline.store import EventStore
 
 # Routes that are not ingest: the console's own scrapes and health checks would count as traffic.
@@ -92,48 +93,6 @@ def kafka_reading(settings: Settings) -> Reading:
     )
 
 
-class AirflowClient:
-    """Airflow 3's REST API (`/api/v2`) with a JWT from `/auth/token`, renewed when refused."""
-
-    def __init__(self, settings: Settings, client: httpx.Client) -> None:
-        self.settings = settings
-        self.client = client
-        self.token: str | None = None
-
-    def _login(self) -> str:
-        response = self.client.post(
-            f"{self.settings.airflow_url}/auth/token",
-            json={
-                "username": self.settings.airflow_admin_user,
-                "password": self.settings.airflow_admin_password,
-            },
-            timeout=3,
-        )
-        response.raise_for_status()
-        token: str = response.json()["access_token"]
-        return token
-
-    def _get(self, path: str, params: dict[str, Any]) -> httpx.Response:
-        if self.token is None:
-            self.token = self._login()
-        return self.client.get(
-            f"{self.settings.airflow_url}/api/v2{path}",
-            params=params,
-            headers={"Authorization": f"Bearer {self.token}"},
-            timeout=3,
-        )
-
-    def get(self, path: str, **params: Any) -> Any:
-        response = self._get(path, params)
-        # 401: the token expired; 403: Airflow no longer knows it (restarted with a new JWT
-        # secret). Either way one new login, and a second refusal is the answer.
-        if response.status_code in (401, 403):
-            self.token = None
-            response = self._get(path, params)
-        response.raise_for_status()
-        return response.json()
-
-
 def airflow_reading(settings: Settings, airflow: AirflowClient) -> Reading:
     """The DAG's last five runs (state, duration) and when the next one is due."""
     dag = airflow.get(f"/dags/{settings.dag_id}")
@@ -158,10 +117,11 @@ def airflow_reading(settings: Settings, airflow: AirflowClient) -> Reading:
 
 def mongo_reading(store: EventStore) -> Reading:
     """Documents in the three collections (estimated counts: metadata only, no scan)."""
+    documents = mongo_documents(store)
     counts = {
-        "user_events": store.events.estimated_document_count(),
-        "user_event_counts": store.counts.estimated_document_count(),
-        "quarantine": store.quarantine.estimated_document_count(),
+        "user_events": documents[store.events.name],
+        "user_event_counts": documents[store.counts.name],
+        "quarantine": documents[store.quarantine.name],
     }
     return Reading(counts, {"mongo_events": counts["user_events"]})
 
@@ -209,25 +169,8 @@ class PostgresReader:
             raise
 
     def _read(self, conn: Any) -> Reading:
-        from psycopg2 import sql
-
-        table_name = self.settings.repeat_purchases_table
         with conn.cursor() as cur:
-            cur.execute("SELECT to_regclass(%s)", (table_name,))
-            if cur.fetchone()[0] is None:
-                return Reading({"table": table_name, "rows": None})
-            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table_name)))
-            rows = cur.fetchone()[0]
-            written = _relation_modified(cur, table_name)
-        return Reading({"table": table_name, "rows": rows, "written": written})
-
-
-def _relation_modified(cur: Any, table: str) -> str | None:
-    # The replacement rewrites the table's heap file; reading its time needs a superuser (the
-    # lab's login is one), so a server where it is not says "unknown" instead of failing.
-    try:
-        cur.execute("SELECT (pg_stat_file(pg_relation_filepath(%s))).modification", (table,))
-        modified: datetime = cur.fetchone()[0]
-    except Exception:
-        return None
-    return modified.astimezone(UTC).isoformat()
+            table = repeat_purchases_rows(self.settings, cur)
+        if table.rows is None:
+            return Reading({"table": table.table, "rows": None})
+        return Reading({"table": table.table, "rows": table.rows, "written": table.written})

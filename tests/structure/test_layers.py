@@ -2,8 +2,9 @@
 
 Layers, lowest first: `app.core` (settings, errors, clients, processes), the record contract
 (`app.schemas`), the hops' logic (`app.pipeline`, `app.lake`, `app.analysis`), the services
-(`app.infra`: runners and bootstrap), then the entry points (API, generator, Airflow runner,
-status, console). A module may import its own layer or lower ones, never a higher one.
+(`app.infra`: runners and bootstrap), the figures `task status` and the console share
+(`app.figures`), then the entry points (API, generator, Airflow runner, status, console). A
+module may import its own layer or lower ones, never a higher one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ LAYERS = [
     ("app.schemas",),
     ("app.pipeline", "app.lake", "app.analysis"),
     ("app.infra",),
+    ("app.figures",),
     ("app.api", "app.generator", "app.airflow_runner", "app.airflow_cli", "app.status"),
     ("app.console",),
 ]
