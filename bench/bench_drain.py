@@ -49,7 +49,8 @@ from app.core.clients import Document, kafka_admin, mongo_client
 from app.core.config import Settings, get_settings
 from app.core.topics import ensure_topics
 from app.pipeline.counts import apply_batches, refresh_event_counts
-from app.pipeline.drain import drain_user_events, open_consumer, pending_batches, prepare_batch
+from app.pipeline.documents import pending_batches, prepare_batch
+from app.pipeline.drain import drain_user_events, open_consumer
 from app.pipeline.store import EventStore
 from app.schemas import EventAttributes, EventName, UserEvent
 

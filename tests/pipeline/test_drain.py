@@ -24,16 +24,14 @@ from app.core.config import Settings
 from app.core.topics import ensure_topics
 from app.infra.mongo import Mongo
 from app.pipeline.counts import mark_key, refresh_event_counts
-from app.pipeline.drain import (
-    DrainError,
-    drain_user_events,
+from app.pipeline.documents import (
     event_id,
     in_epochs,
-    partition_groups,
     pending_batches,
     prepare_batch,
     same_delivery,
 )
+from app.pipeline.drain import DrainError, drain_user_events, partition_groups
 from tests.pipeline.helpers import (
     commit_offsets,
     committed_offsets,

@@ -10,7 +10,7 @@ import pytest
 from kafka.consumer.fetcher import ConsumerRecord
 
 from app.api.routes import EVENT_EXAMPLE
-from app.pipeline.drain import event_id, prepare_batch
+from app.pipeline.documents import event_id, prepare_batch
 from app.schemas import UserEvent
 
 KAFKA_TIME = 1795822621496  # ms since the epoch
