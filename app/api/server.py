@@ -81,6 +81,18 @@ def serve(settings: Settings, reload: bool) -> None:
     # Read by each server process's settings: how many serve (live reload serves one), to
     # share out the validation workers.
     os.environ["API_WORKERS"] = str(workers)
+    # The validation workers are not waited for at a stop (`BodyValidator.close`), so the
+    # resource tracker (a process of its own, reading this variable) would warn at every
+    # Ctrl-C about their semaphores, which the system frees with the processes anyway.
+    os.environ["PYTHONWARNINGS"] = ",".join(
+        filter(
+            None,
+            [
+                os.environ.get("PYTHONWARNINGS"),
+                "ignore::UserWarning:multiprocessing.resource_tracker",
+            ],
+        )
+    )
     if workers == 1:
         _run(settings, reload, workers)
         return

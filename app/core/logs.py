@@ -13,7 +13,18 @@ import sys
 
 from app.core.config import Settings
 
-QUIET_LIBRARIES = ("kafka", "py4j", "httpx", "httpcore", "urllib3", "botocore", "s3fs", "pymongo")
+QUIET_LIBRARIES = (
+    "kafka",
+    "py4j",
+    "httpx",
+    "httpcore",
+    "urllib3",
+    "botocore",
+    "s3fs",
+    "pymongo",
+    # "N changes detected" before live reload decides whether a change is for this process.
+    "watchfiles",
+)
 
 
 class _Format(logging.Formatter):

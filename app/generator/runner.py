@@ -56,8 +56,13 @@ class Outcome:
     interrupted: bool
 
 
+# Ticks (seconds) between two status lines when the output is not a terminal.
+LOG_EVERY_TICKS = 60
+
+
 class StatusPrinter:
-    """Status line and messages: one rewritten line on a terminal, a line per 10 s in a log.
+    """Status line and messages: one rewritten line on a terminal, a line a minute in a log
+    (`task up`'s terminal is shared with every other process).
     `name` prefixes messages (`generator`, or `generator 2/4` for one of several processes)."""
 
     def __init__(self, out: IO[str], err: IO[str], name: str = "generator") -> None:
@@ -82,7 +87,7 @@ class StatusPrinter:
         if self.interactive:
             self.out.write(f"\r{text}\x1b[K")
             self._line_open = True
-        elif ticks % 10 == 0:
+        elif ticks % LOG_EVERY_TICKS == 0:
             self.out.write(f"{text}\n")
         self.out.flush()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from urllib.parse import urlparse
 
 from pyspark.sql import SparkSession
@@ -23,6 +24,7 @@ from app.lake.jars import ensure_jars
 # Two cores shared with Kafka, the API and Airflow: Spark's 200 shuffle partitions would be
 # 200 tiny tasks per aggregation.
 SHUFFLE_PARTITIONS = 4
+LOG_CONFIG = Path(__file__).with_name("log4j2.properties")
 
 
 def s3a_options(settings: Settings) -> dict[str, str]:
@@ -58,6 +60,14 @@ def cluster_options(settings: Settings) -> dict[str, str]:
     }
 
 
+def _driver_logging(settings: Settings) -> str:
+    """JVM options of the driver's log: warnings to `<lab home>/logs/spark.log`, errors also to
+    the terminal (`log4j2.properties` beside this module)."""
+    log = settings.lab_home / "logs" / "spark.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    return f"-Dlog4j2.configurationFile=file:{LOG_CONFIG} -Dlab.spark.log={log}"
+
+
 def build_spark_session(
     settings: Settings,
     app_name: str,
@@ -86,6 +96,7 @@ def build_spark_session(
         .config("spark.ui.showConsoleProgress", "false")
         # The UI's kill links would let anyone who reaches the port stop the stream.
         .config("spark.ui.killEnabled", "false")
+        .config("spark.driver.extraJavaOptions", _driver_logging(settings))
     )
     for key, value in cluster_options(settings).items():
         builder = builder.config(key, value)
@@ -97,6 +108,4 @@ def build_spark_session(
     os.environ["PYSPARK_PYTHON"] = settings.spark_executor_python or sys.executable
     for key, value in s3a_options(settings).items():
         builder = builder.config(f"spark.hadoop.{key}", value)
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
-    return spark
+    return builder.getOrCreate()

@@ -143,15 +143,21 @@ def _stream_session(settings: Settings, master: str | None) -> SparkSession:
         )
     finally:
         signal.signal(signal.SIGTERM, previous)
-    # While Kafka is away its client warns twice a second per connection, and Spark's offset
-    # reader once per retry; the stream says it once itself (`OutageReport`).
-    log4j = spark.sparkContext._jvm.org.apache.logging.log4j  # type: ignore[union-attr]
-    for name in (
-        "org.apache.kafka.clients.NetworkClient",
-        "org.apache.spark.sql.kafka010.KafkaOffsetReaderAdmin",  # a stack trace per retry
-    ):
-        log4j.core.config.Configurator.setLevel(name, log4j.Level.ERROR)
+    # Kafka's client and Spark's offset reader are quiet while Kafka is away (the driver's
+    # `log4j2.properties`): the stream says it once itself (`OutageReport`).
     return spark
+
+
+def _quiet_console() -> None:
+    """A requested stop interrupts Spark's threads, which log the interruptions as errors with
+    long stack traces: from here on the driver logs to its file only (`spark.log`)."""
+    spark = SparkSession.getActiveSession()
+    if spark is None:
+        return
+    log4j = spark.sparkContext._jvm.org.apache.logging.log4j  # type: ignore[union-attr]
+    context = log4j.LogManager.getContext(False)
+    context.getConfiguration().getRootLogger().removeAppender("console")
+    context.updateLoggers()
 
 
 def _report_progress(queries: list[StreamingQuery], seen: dict[str, int], log: Log) -> bool:
@@ -412,6 +418,7 @@ def _watch(
             _pause(1.0, received)
         if received:
             log(f"signal {signal.Signals(received[0]).name}: stopping the queries")
+            _quiet_console()
     finally:
         stop_queries(queries, patience=STOP_TIMEOUT_SECONDS if received else None)
     _report_progress(queries, seen, log)
