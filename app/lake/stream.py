@@ -402,11 +402,13 @@ def _watch(
     probed = time.monotonic()
     try:
         while not received and any(query.isActive for query in queries):
-            if _report_progress(queries, seen, log) and kept:
-                sweep(settings, kept, log)
+            # A failed query first: asking a running one for its progress can wait on its
+            # batch, which waits on the service that just went away.
             failure = _failure(queries, settings)
             if failure is not None:
                 break
+            if _report_progress(queries, seen, log) and kept:
+                sweep(settings, kept, log)
             if time.monotonic() - probed > PROBE_EVERY_SECONDS:
                 # Spark waits out a short outage inside the batch; say so all the same.
                 away = unreachable(settings)

@@ -123,13 +123,7 @@ def test_every_hop_renders_live_and_down_hops_say_how_to_fix(
     running_lab: Settings, browser: webdriver.Chrome
 ) -> None:
     browser.get(f"{running_lab.console_url}/")
-    _wait_for(
-        lambda: all(_state(browser, hop).lower() in ("up", "down") for hop in HOPS),
-        "every hop to show a state",
-        20,
-    )
-    states = {hop: _state(browser, hop).lower() for hop in HOPS}
-    assert states == {
+    expected = {
         "api": "up",
         "kafka": "up",
         "airflow": "down",
@@ -138,6 +132,18 @@ def test_every_hop_renders_live_and_down_hops_say_how_to_fix(
         "lake": "up",
         "postgres": "up",
     }
+    seen: list[dict[str, str]] = []
+
+    def states_as_expected() -> bool:
+        seen.append({hop: _state(browser, hop).lower() for hop in HOPS})
+        return seen[-1] == expected
+
+    # A live page: a probe that answers late on a loaded machine (the API's first /metrics)
+    # shows a hop down for a tick; the states must settle on the expected ones.
+    try:
+        _wait_for(states_as_expected, "every hop's expected state", 30)
+    except AssertionError:
+        raise AssertionError(f"hop states, last seen: {seen[-1:]}") from None
     airflow = browser.find_element(By.CSS_SELECTOR, '[data-hop="airflow"] [data-down]')
     assert "connection refused" in airflow.text and "task up" in airflow.text
     spark = browser.find_element(By.CSS_SELECTOR, '[data-hop="spark"] [data-down]')
