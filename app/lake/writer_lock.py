@@ -51,6 +51,9 @@ LEASE_NAME = "writer.lease"
 LOCK_NAME = "job.lock"
 # Lease requests give up after this long, so a renewal never holds the stream up while S3 is away.
 REQUEST_TIMEOUT_SECONDS = 5.0
+# How long `release` waits for a lost lease's handler to end the process (it asks S3 who holds
+# the lease: one request, bounded by REQUEST_TIMEOUT_SECONDS).
+LOSING_WAIT_SECONDS = 2 * REQUEST_TIMEOUT_SECONDS
 # How often the lease's watchdog looks at the time since the last renewal.
 WATCH_EVERY_SECONDS = 0.1
 
@@ -174,6 +177,8 @@ class S3Lease:
         self.former_may_write = False
         self._writing = threading.Lock()  # one PUT at a time: `acquire`, `renew`, `release`
         self._stopped = threading.Event()
+        # Set when `keep` calls its `on_lost`, which ends the process itself.
+        self._losing = threading.Event()
 
     def _put(self, **condition: str) -> bool:
         """Write the lease under a condition, with the next renewal number (so a new ETag);
@@ -260,6 +265,7 @@ class S3Lease:
 
         def lost(reason: LabError) -> None:
             if not self._stopped.is_set() and fired.acquire(blocking=False):
+                self._losing.set()
                 on_lost(reason)
 
         def renew_when_due() -> None:
@@ -303,6 +309,10 @@ class S3Lease:
         return _describe(current[1])
 
     def release(self) -> None:
+        if self._losing.is_set():
+            # `on_lost` is killing the JVM and saying why, then ends the process: the main
+            # thread (whose calls into the killed JVM fail) must not end it first, unheard.
+            time.sleep(LOSING_WAIT_SECONDS)
         self._stopped.set()
         if self.etag is None:
             return
