@@ -12,6 +12,11 @@ checkpoint, Airflow home and metadata database, all removed at the end) against 
 3. It prints, per hop, the throughput over the soak against the rate offered, the lag at the
    end, the DAG runs' durations against their 2-minute interval (from Airflow's metadata
    database) and the Spark batches' durations against the trigger (from the stream's log).
+4. It prints the CPU budget: CPU seconds per component over the soak (the API, the generator,
+   each Airflow component and the tasks it runs, the Spark driver and its JVM, the console, and
+   the services of `task infra-up`: Kafka, FerretDB, the S3 gateway, PostgreSQL), each one's
+   share, cores and microseconds per acknowledged event, next to the machine's busy CPU time
+   over the same span (`CpuBudget` says how forked processes are counted).
 
 A hop keeps up when its lag at the end is below what arrives in one of its intervals (the DAG's
 2 minutes plus one run; the stream's trigger plus one batch) and its runs take less time than
@@ -26,6 +31,7 @@ messages beside it and is shown, not judged).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -41,6 +47,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import psutil
 from confluent_kafka import Consumer, TopicPartition
 
 # Run as a script from anywhere: the repository root holds the `app` and `tests` packages.
@@ -50,6 +57,7 @@ from app.core.clients import postgres_connection
 from app.core.config import ROOT, Settings, get_settings
 from app.generator.crowd import Crowd
 from app.infra.bootstrap import bootstrap
+from app.infra.services import local_services
 from app.lake.sink_log import committed_rows
 from tests.support import free_port, make_isolated_settings, remove_isolated, stop_group
 
@@ -75,7 +83,142 @@ class Sample:
 class Soak:
     settings: Settings
     log: Path
+    cpu: CpuBudget
     samples: list[Sample] = field(default_factory=list)
+
+
+# Which Procfile process a process under honcho is, from the module its command line runs
+# (honcho forks itself once per Procfile line, and that fork starts the line's command).
+PROCFILE_COMPONENTS = {
+    "app.api": "API",
+    "app.generator": "generator",
+    "app.airflow_runner": "Airflow runner",
+    "app.lake": "Spark driver (Python)",
+    "app.console": "console",
+}
+# The runner's children, by a word of their command line (the API server's title says
+# `api_server`); what they fork inherits their name.
+AIRFLOW_COMPONENTS = {
+    "scheduler": "Airflow scheduler",
+    "dag-processor": "Airflow dag-processor",
+    "api-server": "Airflow api-server",
+    "api_server": "Airflow api-server",
+    "triggerer": "Airflow triggerer",
+}
+# The LocalExecutor's workers and the task processes they fork retitle themselves so.
+AIRFLOW_TASKS = "Airflow tasks"
+SERVICE_COMPONENTS = {
+    "postgres": "PostgreSQL",
+    "kafka": "Kafka",
+    "mongo": "FerretDB (MongoDB)",
+    "s3": "S3 gateway",
+}
+
+
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot (all cores; not idle, iowait,
+    or steal, which is time taken by other machines)."""
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - times.iowait - times.steal)
+
+
+def child_component(process: psutil.Process, parent: str) -> str:
+    """The component `process` counts for, given its parent's."""
+    args = process.cmdline()
+    command = " ".join(args)
+    if command.startswith("airflow worker"):
+        return AIRFLOW_TASKS
+    if parent == "honcho" and "-m" in args[:-1]:
+        return PROCFILE_COMPONENTS.get(args[args.index("-m") + 1], parent)
+    if parent == "Airflow runner":
+        for word, name in AIRFLOW_COMPONENTS.items():
+            if word in command:
+                return name
+    if parent.startswith("Spark") and process.name() == "java":
+        return "Spark JVM"
+    return parent
+
+
+class CpuBudget:
+    """CPU seconds per component of the lab, from its process trees.
+
+    A process's CPU is counted while it lives (user + system, all threads) and, once it has
+    ended, in its parent's `children_user`/`children_system`: the kernel adds there the times of
+    every child the parent waited for (with the children's own reaped children). So the sum over
+    the live processes of both, at one sample, holds everything a tree has spent, even the
+    task processes that live and die between two samples. A process's reaped children count for
+    the component its children are: the scheduler's are the LocalExecutor's workers, which run
+    the tasks; everywhere else the parent's. Only children nobody waits for (auto-reaped, or
+    orphaned out of the tree) escape; the lab starts none that matter.
+    """
+
+    def __init__(self, services: list[tuple[str, int]]) -> None:
+        self.services = services  # (component, pid) of each service `task infra-up` started
+        self.honcho: int | None = None  # set once honcho runs
+        self.started_at = time.monotonic()
+        self.machine_start = busy_seconds()
+        self.start = self.read()
+        self.last = self.start
+        self.last_at = self.started_at
+        self.machine_last = self.machine_start
+
+    def read(self) -> dict[str, float]:
+        spent: dict[str, float] = {}
+
+        def add(process: psutil.Process, component: str) -> None:
+            try:
+                times = process.cpu_times()
+                children = process.children()
+            except psutil.Error:  # ended since it was listed: its parent counts it next time
+                return
+            reaped = AIRFLOW_TASKS if component == "Airflow scheduler" else component
+            spent[component] = spent.get(component, 0.0) + times.user + times.system
+            spent[reaped] = spent.get(reaped, 0.0) + times.children_user + times.children_system
+            for child in children:
+                with contextlib.suppress(psutil.Error):
+                    add(child, child_component(child, component))
+
+        for component, pid in self.services:
+            with contextlib.suppress(psutil.Error):
+                add(psutil.Process(pid), component)
+        if self.honcho is not None:
+            with contextlib.suppress(psutil.Error):
+                add(psutil.Process(self.honcho), "honcho")
+        # Its own times only: its children are honcho and the lab, counted above.
+        spent["this bench (sampling)"] = sum(psutil.Process().cpu_times()[:2])
+        return spent
+
+    def sample(self) -> None:
+        """Read the trees now; the report covers the start to the last sample."""
+        self.last = self.read()
+        self.last_at = time.monotonic()
+        self.machine_last = busy_seconds()
+
+    def report(self, events: int) -> None:
+        """The table: each component's CPU seconds, share, cores and microseconds per event."""
+        wall = self.last_at - self.started_at
+        spent = {name: self.last[name] - self.start.get(name, 0.0) for name in self.last}
+        measured = sum(spent.values())
+        machine = self.machine_last - self.machine_start
+        print(
+            f"\nCPU over {wall / 60:.1f} min by component ({events:,} events acknowledged; "
+            f"{psutil.cpu_count()} cores: {psutil.cpu_count() * wall:,.0f} CPU-s at most)"
+        )
+        print(f"  {'component':<24} {'CPU-s':>8} {'share':>6} {'cores':>6} {'us/event':>9}")
+        for name, seconds in sorted(spent.items(), key=lambda item: -item[1]):
+            print(
+                f"  {name:<24} {seconds:>8,.1f} {seconds / measured:>6.1%} "
+                f"{seconds / wall:>6.2f} {seconds / max(events, 1) * 1e6:>9.0f}"
+            )
+        print(
+            f"  {'measured, all':<24} {measured:>8,.1f} {'':>6} {measured / wall:>6.2f} "
+            f"{measured / max(events, 1) * 1e6:>9.0f}"
+        )
+        print(
+            f"  {'machine (/proc/stat)':<24} {machine:>8,.1f} {'':>6} {machine / wall:>6.2f} "
+            f"{machine / max(events, 1) * 1e6:>9.0f}   (not measured above: "
+            f"{machine - measured:,.1f} CPU-s: the kernel's threads, other processes)"
+        )
 
 
 def events_per_user(seed: int = 1, users: int = 2000) -> tuple[float, float]:
@@ -170,8 +313,20 @@ def soak_settings(base: Settings, home: Path, users_per_second: int, trigger: st
     )
 
 
-def run_soak(settings: Settings, minutes: float) -> Soak:
-    soak = Soak(settings, settings.lab_home / "honcho.log")
+def service_pids(base: Settings) -> list[tuple[str, int]]:
+    """(component, pid) of each service `task infra-up` runs as a local process."""
+    pids = []
+    for service in local_services(base):
+        pid = service.pid()
+        if pid is None:
+            print(f"  CPU of {service.name} not measured: no local process (containers?)")
+        else:
+            pids.append((SERVICE_COMPONENTS[service.name.split("-")[0]], pid))
+    return pids
+
+
+def run_soak(settings: Settings, minutes: float, services: list[tuple[str, int]]) -> Soak:
+    soak = Soak(settings, settings.lab_home / "honcho.log", CpuBudget(services))
     env_file = settings.lab_home / "honcho.env"  # the settings come from the environment
     env_file.touch()
     consumer = Consumer(
@@ -190,6 +345,7 @@ def run_soak(settings: Settings, minutes: float) -> Soak:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    soak.cpu.honcho = honcho.pid
     started = time.monotonic()
     try:
         while time.monotonic() - started < minutes * 60:
@@ -198,6 +354,7 @@ def run_soak(settings: Settings, minutes: float) -> Soak:
                 raise SystemExit(f"honcho stopped early; see {soak.log}")
             try:
                 soak.samples.append(read_sample(settings, consumer, started))
+                soak.cpu.sample()  # with each Sample: the CPU per event counts the same events
             except Exception as error:  # a hop still starting: try again next time
                 print(f"  sample skipped: {error}", file=sys.stderr)
             last = soak.samples[-1] if soak.samples else None
@@ -256,10 +413,10 @@ def report(soak: Soak, offered: tuple[float, float], trigger: float) -> None:
         f"{order_lag:,} orders (one trigger brings {orders_rate * trigger:,.0f})"
     )
     for name, seconds in sorted(batches.items()):
-        first, rest = seconds[0], seconds[1:] or seconds[:1]
+        startup, rest = seconds[0], seconds[1:] or seconds[:1]
         print(
-            f"    {name}: first batch {first:.1f} s (start-up backlog), then {len(rest)} batches: "
-            f"median {statistics.median(rest):.1f} s, p95 {p95(rest):.1f} s, longest "
+            f"    {name}: first batch {startup:.1f} s (start-up backlog), then {len(rest)} "
+            f"batches: median {statistics.median(rest):.1f} s, p95 {p95(rest):.1f} s, longest "
             f"{max(rest):.1f} s against the {trigger:.0f} s trigger"
         )
     dag_ok = (
@@ -272,6 +429,7 @@ def report(soak: Soak, offered: tuple[float, float], trigger: float) -> None:
     api_ok = events_rate >= 0.95 * offered[0]
     for hop, ok in (("API", api_ok), ("DAG", dag_ok), ("Spark stream", spark_ok)):
         print(f"  {hop:<14} {'keeps up' if ok else 'DOES NOT KEEP UP'}")
+    soak.cpu.report(last.events)
 
 
 def main() -> None:
@@ -292,7 +450,7 @@ def main() -> None:
     settings = soak_settings(base, home, users, args.trigger)
     try:
         bootstrap(settings)
-        soak = run_soak(settings, args.minutes)
+        soak = run_soak(settings, args.minutes, service_pids(base))
         report(soak, offered, seconds_of(args.trigger))
     finally:
         remove_isolated(settings)
