@@ -2,8 +2,9 @@
 
 Services and their mode, the end offset of each topic, the drain group's lag (and the unread
 offsets Kafka's retention deleted or is about to delete), each partition's in-sync replicas,
-MongoDB counts, the offsets the drain found lost, Parquet files in the lake and rows in
-`repeat_purchases`. Each probe fails on its own: a service that is down shows as such instead of
+MongoDB counts, the offsets the drain found lost, Parquet files in the lake, its orders and
+conflicting versions, the records the stream has not read that retention deletes soon, and rows
+in `repeat_purchases`. Each probe fails on its own: a service that is down shows as such instead of
 stopping the report.
 """
 
@@ -14,9 +15,10 @@ from collections.abc import Callable
 from app.core.config import Settings, get_settings
 from app.core.logs import setup_logging
 from app.core.topics import partition_replicas, topic_ends
-from app.figures import lake_prefix, mongo_documents, repeat_purchases_rows
+from app.figures import committed_orders, lake_prefix, mongo_documents, repeat_purchases_rows
 from app.infra.report import status_rows
 from app.lake.gaps import report as lake_gaps
+from app.lake.gaps import retention_warnings
 
 
 def topic_offsets(settings: Settings) -> list[str]:
@@ -33,6 +35,12 @@ def topic_offsets(settings: Settings) -> list[str]:
         lines.append(line)
         lines += [f"  {warning}" for warning in end.retention_lines()]
     return lines
+
+
+def stream_retention(settings: Settings) -> list[str]:
+    """A line per partition whose records the stream has not read Kafka's retention deletes
+    soon (none while the stream keeps up)."""
+    return [f"stream: {line}" for line in retention_warnings(settings)]
 
 
 def drain_gaps(settings: Settings) -> list[str]:
@@ -90,19 +98,14 @@ def lake_files(settings: Settings) -> list[str]:
 
 def lake_orders(settings: Settings) -> list[str]:
     """Orders in the lake (committed files only), re-deliveries, and conflicting `OrderId`s."""
-    import pyarrow.parquet as pq
-
-    from app.analysis.conflicts import COLUMNS, conflicting_orders
-    from app.core.clients import s3_filesystem
     from app.lake.sink_log import committed_files
 
     files = committed_files(settings, settings.purchases_url)
     if not files:
         return ["lake orders: none committed yet"]
-    rows = pq.ParquetDataset(files, filesystem=s3_filesystem(settings)).read(columns=COLUMNS)
-    distinct = rows.group_by("OrderId").aggregate([]).num_rows
-    line = f"lake orders: {rows.num_rows} rows, {distinct} OrderIds"
-    conflicts = conflicting_orders(rows)
+    orders = committed_orders(settings, files)
+    line = f"lake orders: {orders.rows} rows, {orders.order_ids} OrderIds"
+    conflicts = orders.conflicts
     if not conflicts:
         return [line + ", no conflicting versions"]
     shown = ", ".join(
@@ -145,6 +148,7 @@ def report(settings: Settings) -> list[str]:
         ("S3", lake_files),
         ("S3", lake_orders),
         ("S3", lake_gaps),
+        ("Kafka", stream_retention),
         ("PostgreSQL", table_rows),
     ]
     for name, probe in probes:

@@ -1,7 +1,9 @@
-"""Probes of the lake: the purchases prefix, quarantined rows, the last hour's best sellers.
+"""Probes of the lake: the purchases prefix, quarantined rows, the last hour's best sellers, and
+the records the stream has not read that Kafka's retention deletes soon.
 
 Files are read through the sink's commit log (`committed_files`), as Spark reads them, and each
-committed file only once: a committed file never changes.
+committed file only once: a committed file never changes. A file no longer listed (a compaction
+replaced it) is forgotten.
 """
 
 from __future__ import annotations
@@ -11,12 +13,12 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+from confluent_kafka import KafkaException
 
 from app.console.probes import Reading
-from app.core.clients import s3_filesystem
 from app.core.config import Settings
-from app.figures import lake_prefix
+from app.figures import lake_prefix, read_committed
+from app.lake.gaps import retention_warnings
 from app.lake.schema import PARTITION_COLUMN
 from app.lake.sink_log import committed_files
 
@@ -37,69 +39,89 @@ def lake_reading(settings: Settings) -> Reading:
 
 
 def quarantine_reading(settings: Settings, row_counts: dict[str, int]) -> Reading:
-    """Rows the stream put in quarantine: the footers of its committed files (cached by name)."""
-    fs = s3_filesystem(settings)
+    """Rows the stream put in quarantine: the footers of its committed files, each read once
+    (`row_counts`, by key, kept for the listed files only: a compaction replaces files)."""
     files = committed_files(settings, settings.purchases_quarantine_url)
-    for path in files:
-        if path not in row_counts:
-            with fs.open(path) as handle:
-                row_counts[path] = pq.ParquetFile(handle).metadata.num_rows
-    return Reading({"quarantined_rows": sum(row_counts[path] for path in files)})
+    new = [path for path in files if path not in row_counts]
+    read = read_committed(settings, new, [])
+    for gone in row_counts.keys() - set(files):
+        del row_counts[gone]
+    row_counts.update((path, table.num_rows) for path, table in read.items())
+    return Reading({"quarantined_rows": sum(row_counts.values())})
+
+
+def stream_retention_reading(settings: Settings) -> Reading:
+    """Records the stream has not read that Kafka's retention deletes soon (`retention_warnings`).
+    Kafka down is the Kafka hop's state, not the lake's: then there is nothing to add here."""
+    try:
+        return Reading({"stream_retention": retention_warnings(settings)})
+    except KafkaException:
+        return Reading()
 
 
 class BestSellers:
     """Units sold per product over the last hour, from the committed files of the recent
-    `ingest_date` partitions. Each file is read once (committed files never change); its
-    product lines are kept while they are younger than the window."""
+    `ingest_date` partitions. Each file is read once (committed files never change): a poll
+    reads only the files committed since the last one, and keeps the product lines younger
+    than the window, so its cost follows the window's orders, not the lake's files."""
 
     def __init__(self, settings: Settings, window: timedelta = timedelta(hours=1)) -> None:
         self.settings = settings
         self.window = window
-        # None: a file whose orders are all older than the window, never read again.
-        self.lines: dict[str, pa.Table | None] = {}
-
-    def _product_lines(self, path: str) -> pa.Table:
-        fs = s3_filesystem(self.settings)
-        orders = pq.read_table(path, filesystem=fs, columns=["OrderId", "TimeStamp", "Products"])
-        parent = pc.list_parent_indices(orders["Products"])
-        items = pc.list_flatten(orders["Products"])
-        return pa.table(
+        # Each file read so far (and still listed) -> the number its lines carry in `lines`.
+        self.numbers: dict[str, int] = {}
+        self.next_number = 0
+        self.lines = pa.table(
             {
-                "OrderId": pc.take(orders["OrderId"], parent),
-                "TimeStamp": pc.take(orders["TimeStamp"], parent),
-                "ProductId": pc.struct_field(items, "ProductId"),
-                "ItemCount": pc.struct_field(items, "ItemCount"),
+                "file": pa.array([], pa.int64()),
+                "OrderId": pa.array([], pa.string()),
+                "TimeStamp": pa.array([], pa.timestamp("us", "UTC")),
+                "ProductId": pa.array([], pa.string()),
+                "ItemCount": pa.array([], pa.int64()),
             }
         )
 
-    @staticmethod
-    def _recent(lines: pa.Table | None, since: datetime) -> pa.Table | None:
-        if lines is None:
-            return None
-        lines = lines.filter(pc.greater_equal(lines["TimeStamp"], pa.scalar(since)))
-        return lines if lines.num_rows else None
+    def _product_lines(self, number: int, orders: pa.Table) -> pa.Table:
+        parent = pc.list_parent_indices(orders["Products"])
+        items = pc.list_flatten(orders["Products"])
+        lines = {
+            "file": pa.array([number] * len(items), pa.int64()),
+            "OrderId": pc.take(orders["OrderId"], parent),
+            "TimeStamp": pc.take(orders["TimeStamp"], parent),
+            "ProductId": pc.struct_field(items, "ProductId"),
+            "ItemCount": pc.struct_field(items, "ItemCount"),
+        }
+        return pa.table(lines).cast(self.lines.schema)
+
+    def _update(self, files: list[str], since: datetime) -> None:
+        """Read the files not read yet; forget those no longer committed (a compaction
+        replaced them, its new file lists their rows) and the lines older than `since`."""
+        gone = [self.numbers.pop(path) for path in self.numbers.keys() - set(files)]
+        new = [path for path in files if path not in self.numbers]
+        columns = ["OrderId", "TimeStamp", "Products"]
+        recent = pc.field("TimeStamp") >= pa.scalar(since)
+        read = read_committed(self.settings, new, columns, recent)
+        tables = [self.lines.filter(~pc.field("file").isin(gone)) if gone else self.lines]
+        for path, orders in read.items():
+            self.numbers[path] = self.next_number
+            tables.append(self._product_lines(self.next_number, orders))
+            self.next_number += 1
+        lines = pa.concat_tables(tables)
+        self.lines = lines.filter(pc.field("TimeStamp") >= pa.scalar(since)).combine_chunks()
 
     def reading(self, n: int = 10) -> Reading:
         now = datetime.now(UTC)
-        since = now - self.window
         recent = {(now - timedelta(days=d)).date().isoformat() for d in (0, 1)}
         files = [
             path
             for path in committed_files(self.settings, self.settings.purchases_url)
             if (m := PARTITION.search(path)) and m.group(1) in recent
         ]
-        self.lines = {
-            path: self._recent(
-                self.lines[path] if path in self.lines else self._product_lines(path), since
-            )
-            for path in files
-        }
-        kept = [table for table in self.lines.values() if table is not None]
-        if not kept:
+        self._update(files, now - self.window)
+        if not self.lines.num_rows:
             return Reading({"top_products": []})
-        lines = pa.concat_tables(kept)
         # A re-delivered order is in the lake twice: count each (order, product) line once.
-        lines = lines.group_by(["OrderId", "ProductId"]).aggregate([("ItemCount", "max")])
+        lines = self.lines.group_by(["OrderId", "ProductId"]).aggregate([("ItemCount", "max")])
         units = lines.group_by("ProductId").aggregate([("ItemCount_max", "sum")])
         top = units.sort_by([("ItemCount_max_sum", "descending"), ("ProductId", "ascending")])
         return Reading(

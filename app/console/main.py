@@ -16,7 +16,12 @@ from fastapi.responses import HTMLResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from app.console.lake_probe import BestSellers, lake_reading, quarantine_reading
+from app.console.lake_probe import (
+    BestSellers,
+    lake_reading,
+    quarantine_reading,
+    stream_retention_reading,
+)
 from app.console.probes import (
     PostgresReader,
     airflow_reading,
@@ -62,6 +67,12 @@ def lab_probes(settings: Settings) -> list[Probe]:
         ),
         Probe("lake", "lake", SLOW_SECONDS, lambda: lake_reading(settings)),
         Probe("best_sellers", "lake", SLOW_SECONDS, best_sellers.reading),
+        Probe(
+            "stream_retention",
+            "lake",
+            SLOW_SECONDS,
+            lambda: stream_retention_reading(settings),
+        ),
         Probe("postgres", "postgres", SLOW_SECONDS, postgres.reading),
     ]
 

@@ -26,16 +26,20 @@ import getpass
 import json
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import ConfigResource, ResourceType  # type: ignore[attr-defined]
 from fsspec import AbstractFileSystem
 
+from app.core.clients import kafka_admin
 from app.core.config import Settings, get_settings
 from app.core.errors import LabError
 from app.core.logs import setup_logging
+from app.core.topics import RETENTION_WARNING
 from app.lake.queries import Sink, sinks
 from app.lake.sink_log import log_state
 from app.lake.storage import join_url, location
@@ -83,9 +87,9 @@ def gaps_url(settings: Settings) -> str:
     return join_url(settings.checkpoint_dir, GAPS_NAME)
 
 
-def _log_starts(settings: Settings, topic: str) -> dict[int, int]:
-    """Each partition's first offset Kafka still holds."""
-    consumer = Consumer(
+def _reader(settings: Settings) -> Consumer:
+    """A consumer that only looks: offsets, times, a record at an offset."""
+    return Consumer(
         {
             "bootstrap.servers": settings.kafka_servers,
             "group.id": "lake-gaps",  # never joined, never committed
@@ -93,6 +97,11 @@ def _log_starts(settings: Settings, topic: str) -> dict[int, int]:
             "log_level": 2,  # critical only: failures come back as exceptions
         }
     )
+
+
+def _log_starts(settings: Settings, topic: str) -> dict[int, int]:
+    """Each partition's first offset Kafka still holds."""
+    consumer = _reader(settings)
     try:
         metadata = consumer.list_topics(topic, timeout=KAFKA_TIMEOUT_SECONDS).topics[topic]
         return {
@@ -134,6 +143,20 @@ def _resume_entries(settings: Settings, sink: Sink) -> list[str]:
     return [start, f"{folder}/offsets/{state.planned}"]
 
 
+def _resume_offsets(settings: Settings, sink: Sink, entries: list[str]) -> dict[str, int]:
+    """The offsets of the purchases topic the next batch of `sink` reads from, by partition."""
+    fs, _ = location(settings, sink.checkpoint)
+    topic = settings.topic_purchased_item
+    return next(
+        (
+            offsets
+            for line in _offset_lines(fs, entries[0])
+            if (offsets := _topic_offsets(line, topic))
+        ),
+        {},
+    )
+
+
 def find_gaps(settings: Settings) -> list[SinkGap]:
     """The gaps of each query's checkpoint: partitions where it resumes below Kafka's log
     start. Empty when every order the checkpoints still have to read is in Kafka."""
@@ -144,15 +167,7 @@ def find_gaps(settings: Settings) -> list[SinkGap]:
         entries = _resume_entries(settings, sink)
         if not entries:
             continue
-        fs, _ = location(settings, sink.checkpoint)
-        resume = next(
-            (
-                offsets
-                for line in _offset_lines(fs, entries[0])
-                if (offsets := _topic_offsets(line, topic))
-            ),
-            {},
-        )
+        resume = _resume_offsets(settings, sink, entries)
         if log_starts is None:
             log_starts = _log_starts(settings, topic)
         partitions = [
@@ -163,6 +178,152 @@ def find_gaps(settings: Settings) -> list[SinkGap]:
         if partitions:
             found.append(SinkGap(sink.name, sink.checkpoint, topic, entries, partitions))
     return found
+
+
+START_COMMAND = "task up"
+
+
+@dataclass(frozen=True)
+class UnreadAtRisk:
+    """Records of one partition the stream has not read yet that Kafka deletes soon: `at_risk`
+    of them older than `RETENTION_WARNING` of `retention.ms`, or `unread_bytes` (estimated) near
+    `retention.bytes`; the oldest, at the stream's position, is `age_ms` old."""
+
+    topic: str
+    partition: int
+    sinks: tuple[str, ...]
+    at_risk: int
+    age_ms: int
+    retention_ms: int | None
+    unread_bytes: int
+    retention_bytes: int | None
+
+    def describe(self) -> str:
+        limits = []
+        if self.at_risk and self.retention_ms is not None:
+            limits.append(
+                f"{self.at_risk:,} unread records are older than {RETENTION_WARNING:.0%} of the "
+                f"topic's retention.ms ({_hours(self.retention_ms)})"
+            )
+        if self.retention_bytes is not None and self.unread_bytes >= (
+            RETENTION_WARNING * self.retention_bytes
+        ):
+            limits.append(
+                f"about {_size(self.unread_bytes)} unread, over {RETENTION_WARNING:.0%} of its "
+                f"retention.bytes ({_size(self.retention_bytes)} a partition)"
+            )
+        return (
+            f"{self.topic}[{self.partition}]: the oldest record the stream has not read "
+            f"({', '.join(self.sinks)}) is {_hours(self.age_ms)} old; {' and '.join(limits)}. "
+            f"Kafka deletes them soon, and the stream would then stop at a gap (`{ACK_COMMAND}`): "
+            f"start the stream now (`{START_COMMAND}`)"
+        )
+
+
+def _hours(ms: int) -> str:
+    return f"{ms / 3_600_000:.1f} h"
+
+
+def _size(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
+
+
+def _retention(settings: Settings, topic: str) -> tuple[int | None, int | None]:
+    """The topic's retention.ms and retention.bytes (a partition's), None where unlimited."""
+    admin = kafka_admin(settings)  # referenced until the future is done
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    futures = admin.describe_configs([resource], request_timeout=KAFKA_TIMEOUT_SECONDS)
+    config = futures[resource].result()
+    ms, size = (int(config[name].value) for name in ("retention.ms", "retention.bytes"))
+    return (ms if ms >= 0 else None, size if size >= 0 else None)
+
+
+def _first_unread(consumer: Consumer, topic: str, partition: int, offset: int) -> list[Any]:
+    """The records at `offset` and after it (one fetch's worth), for their time and size."""
+    consumer.assign([TopicPartition(topic, partition, offset)])
+    message = consumer.poll(KAFKA_TIMEOUT_SECONDS)
+    if message is None or message.error():
+        return []
+    return [message, *consumer.consume(499, timeout=0)]
+
+
+def _unread(settings: Settings, marks: dict[int, tuple[int, int]]) -> dict[int, dict[str, int]]:
+    """Partition -> query -> the first offset the query has not read, where it has not read
+    every record Kafka holds (`marks`: each partition's log start and end). A query with no
+    checkpoint starts at the log start; offsets already deleted are `find_gaps`' business."""
+    unread: dict[int, dict[str, int]] = {}
+    for sink in sinks(settings):
+        entries = _resume_entries(settings, sink)
+        resume = _resume_offsets(settings, sink, entries) if entries else {}
+        for p, (start, end) in marks.items():
+            position = max(resume.get(str(p), start), start)
+            if position < end:
+                unread.setdefault(p, {})[sink.name] = position
+    return unread
+
+
+def unread_at_risk(settings: Settings) -> list[UnreadAtRisk]:
+    """The partitions whose records the stream has not read yet Kafka's retention is about to
+    delete: older than `RETENTION_WARNING` of retention.ms, or (estimated) as many bytes."""
+    topic = settings.topic_purchased_item
+    retention_ms, retention_bytes = _retention(settings, topic)
+    if retention_ms is None and retention_bytes is None:
+        return []
+    consumer = _reader(settings)
+    try:
+        metadata = consumer.list_topics(topic, timeout=KAFKA_TIMEOUT_SECONDS).topics[topic]
+        marks = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), KAFKA_TIMEOUT_SECONDS)
+            for p in sorted(metadata.partitions)
+        }
+        unread = _unread(settings, marks)
+        young: dict[int, int] = {}
+        if retention_ms is not None and unread:
+            cutoff = int(time.time() * 1000 - RETENTION_WARNING * retention_ms)
+            stamped = [TopicPartition(topic, p, cutoff) for p in unread]
+            # The first offset at or after the cutoff: every record before it is older (-1: all).
+            young = {
+                tp.partition: tp.offset
+                for tp in consumer.offsets_for_times(stamped, KAFKA_TIMEOUT_SECONDS)
+            }
+        found = []
+        for p, positions in sorted(unread.items()):
+            position, end = min(positions.values()), marks[p][1]
+            first_young = young.get(p, position)
+            at_risk = max((end if first_young < 0 else first_young) - position, 0)
+            if not at_risk and retention_bytes is None:
+                continue
+            records = _first_unread(consumer, topic, p, position)
+            if not records:
+                continue
+            # Size retention counts bytes: estimated from the first unread records' sizes.
+            size = sum(len(r.value() or b"") + len(r.key() or b"") for r in records)
+            unread_bytes = size * (end - position) // len(records)
+            if at_risk or (
+                retention_bytes is not None and unread_bytes >= RETENTION_WARNING * retention_bytes
+            ):
+                found.append(
+                    UnreadAtRisk(
+                        topic,
+                        p,
+                        tuple(name for name, at in positions.items() if at == position),
+                        at_risk,
+                        int(time.time() * 1000) - records[0].timestamp()[1],
+                        retention_ms,
+                        unread_bytes,
+                        retention_bytes,
+                    )
+                )
+        return found
+    finally:
+        consumer.close()
+
+
+def retention_warnings(settings: Settings) -> list[str]:
+    """A line per partition whose records the stream has not read yet and Kafka's retention
+    deletes soon (`unread_at_risk`): for `task status`, the console's lake hop and the stream's
+    log."""
+    return [risk.describe() for risk in unread_at_risk(settings)]
 
 
 def refusal(settings: Settings, gaps: list[SinkGap]) -> str:

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from app.console.lake_probe import BestSellers
+from app.console.lake_probe import BestSellers, quarantine_reading
 from app.console.probes import (
     PostgresReader,
     Reading,
@@ -152,6 +152,56 @@ def test_best_sellers_count_the_last_hour_once_per_order(lake_settings: Settings
         {"product": "P2", "units": 4},
         {"product": "P1", "units": 2},
     ]
+
+
+def _compact(settings: Settings, batch: int, replaced: list[str]) -> str:
+    """Replace the committed files `replaced` by one file of their rows, as a compaction does:
+    the new file is added and the old ones leave the sink log in one commit."""
+    fs = s3_filesystem(settings)
+    root = f"{settings.s3_bucket}/{settings.s3_purchases_prefix}".rstrip("/")
+    rows = pa.concat_tables(pq.read_table(path, filesystem=fs) for path in replaced)
+    path = f"{root}/ingest_date={datetime.now(UTC).date()}/compacted-{batch}.parquet"
+    with fs.open(path, "wb") as handle:
+        pq.write_table(rows, handle)
+    entries = [{"path": f"s3a://{path}", "size": fs.size(path), "isDir": False, "action": "add"}]
+    entries += [
+        {"path": f"s3a://{old}", "size": 0, "isDir": False, "action": "delete"} for old in replaced
+    ]
+    body = "\n".join(json.dumps(entry) for entry in entries)
+    fs.pipe_file(f"{root}/_spark_metadata/{batch}", f"v1\n{body}\n".encode())
+    return path
+
+
+def test_lake_probes_read_each_file_once_and_forget_files_a_compaction_replaced(
+    lake_settings: Settings,
+) -> None:
+    """The console keeps what it read of each committed file while the file is listed: after a
+    compaction its figures are the same, and only the new file is remembered."""
+    now = datetime.now(UTC)
+    orders = [
+        {
+            "OrderId": f"O{n}",
+            "TimeStamp": now - timedelta(minutes=n),
+            "Products": [{"ProductId": "P1", "ItemCount": 1}],
+        }
+        for n in range(3)
+    ]
+    for batch, order in enumerate(orders):
+        _write_committed(lake_settings, batch, [order])
+    # The quarantine probe counts the rows of the same committed files.
+    settings = lake_settings.model_copy(
+        update={"s3_quarantine_prefix": lake_settings.s3_purchases_prefix}
+    )
+    best, rows = BestSellers(settings), {}
+    top = [{"product": "P1", "units": 3}]
+    assert best.reading().figures["top_products"] == top
+    assert quarantine_reading(settings, rows).figures == {"quarantined_rows": 3}
+
+    compacted = _compact(settings, 3, list(rows))
+
+    assert best.reading().figures["top_products"] == top
+    assert quarantine_reading(settings, rows).figures == {"quarantined_rows": 3}
+    assert list(rows) == list(best.numbers) == [compacted]
 
 
 def test_services_that_do_not_answer_are_down_with_reason_and_fix(

@@ -109,6 +109,8 @@ function figureRows(key, f, rates) {
         ["Parquet files", num(f.files), "lake-files"],
         ["bytes", bytes(f.bytes), "lake-bytes"],
         ["newest ingest_date", f.newest_ingest_date || "\u2013", "lake-date"],
+        // Records the stream has not read that Kafka's retention deletes soon.
+        ...(f.stream_retention || []).map((line, i) => ["retention", line, `lake-retention-${i}`]),
       ];
     case "postgres":
       return [
