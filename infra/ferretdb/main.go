@@ -11,7 +11,7 @@
 // MongoDB itself (SSPL).
 //
 // Build with `bash infra/ferretdb/build.sh [OUT]` (static, CGO_ENABLED=0, and
-// with three upstream bug fixes applied; see that script). A plain
+// with upstream bug fixes applied; see that script). A plain
 // `go build .` here also works but gives the unpatched upstream behaviour.
 //
 // Configuration: every flag can also be given as an environment variable
@@ -22,6 +22,8 @@
 //	-sqlite-url      FERRETDB_SQLITE_URL      state dir or file: URI (default .lab/ferretdb)
 //	-postgresql-url  FERRETDB_POSTGRESQL_URL  default postgres://127.0.0.1:5432/ferretdb
 //	-log-level       FERRETDB_LOG_LEVEL       debug | info | warn | error (default warn)
+//	-debug-addr      FERRETDB_DEBUG_ADDR      Go's pprof over HTTP on this address (default off);
+//	                                          `go tool pprof http://ADDR/debug/pprof/profile?seconds=20`
 package main
 
 import (
@@ -30,6 +32,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/http"
+	_ "net/http/pprof" // on -debug-addr only: the handlers go to http.DefaultServeMux
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -104,6 +108,8 @@ func run() error {
 		"postgresql handler: connection string (the database must exist)")
 	logLevel := flag.String("log-level", envOr("FERRETDB_LOG_LEVEL", "warn"),
 		"log level: debug, info, warn or error")
+	debugAddr := flag.String("debug-addr", envOr("FERRETDB_DEBUG_ADDR", ""),
+		"serve Go's pprof handlers (/debug/pprof/) over HTTP on this address; empty: off")
 	showVersion := flag.Bool("version", false, "print the FerretDB version and exit")
 	flag.Parse()
 
@@ -134,6 +140,13 @@ func run() error {
 		cfg.PostgreSQLURL = *postgresqlURL
 	default:
 		return fmt.Errorf("-handler: want sqlite or postgresql, got %q", *handler)
+	}
+
+	if *debugAddr != "" {
+		go func() {
+			// A profiling aid: a failure to listen is logged, and FerretDB runs on without it.
+			logger.Error("debug handler stopped", "addr", *debugAddr, "error", http.ListenAndServe(*debugAddr, nil))
+		}()
 	}
 
 	f, err := ferretdb.New(cfg)
