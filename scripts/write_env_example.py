@@ -26,6 +26,7 @@ GROUPS = {
     "drain_": "Drain task (Airflow task 1)",
     "spark_cluster_": "Spark standalone cluster",
     "spark_": "Spark stream",
+    "lake_": "Lake compaction",
     "analysis_": "Analysis",
 }
 

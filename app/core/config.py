@@ -175,6 +175,20 @@ class Settings(BaseSettings):
     # i.e. the venv's; on other hosts, the path of a Python with the same packages there.
     spark_executor_python: str = ""
 
+    # Lake compaction (`task lake-compact`, DAG `lake_compaction`): each sink partition's small
+    # files merged into files of about this size (Parquet, snappy; ~128 MB is what HDFS-era
+    # readers and Spark's own `maxPartitionBytes` are tuned for).
+    lake_compact_target_mb: int = Field(default=128, ge=1)
+    # A partition is compacted once it has this many files below half the target size.
+    lake_compact_min_files: int = Field(default=2, ge=2)
+    # Replaced files stay this long after the sink log stops listing them, for readers that
+    # listed them just before (the same 10 minutes Spark waits before deleting its old log files).
+    lake_compact_grace_seconds: float = Field(default=600.0, ge=0)
+    # The DAG's interval: the open day's small files are merged this often too.
+    lake_compact_every_minutes: int = Field(default=60, ge=1)
+    # How long `task lake-compact` waits for a running stream to compact at its request.
+    lake_compact_wait_seconds: float = Field(default=600.0, gt=0)
+
     # Spark standalone cluster (`task spark-cluster-up`): a master and one worker on loopback,
     # started from the pyspark installation; the stream joins it with SPARK_MASTER=spark://...
     spark_cluster_master_port: int = 7077

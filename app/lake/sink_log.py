@@ -20,6 +20,7 @@ from urllib.parse import unquote
 from fsspec import AbstractFileSystem
 
 from app.core.config import Settings
+from app.lake.retired import retained
 from app.lake.storage import join_url, location
 
 SINK_LOG = "_spark_metadata"
@@ -114,9 +115,11 @@ def folder_files(settings: Settings, url: str) -> list[str]:
 
 
 def orphan_files(settings: Settings, url: str) -> list[str]:
-    """Data files in a sink folder that no commit lists: what an attempt cut short left behind."""
-    committed = set(committed_files(settings, url))
-    return [path for path in folder_files(settings, url) if path not in committed]
+    """Data files in a sink folder that no commit lists: what an attempt cut short left behind
+    (not the files a compaction replaced, during their grace time: `app.lake.retired`)."""
+    fs, folder = location(settings, url)
+    keep = set(committed_files(settings, url)) | retained(fs, folder)
+    return [path for path in folder_files(settings, url) if path not in keep]
 
 
 def remove_orphans(settings: Settings, url: str) -> list[str]:
@@ -156,7 +159,7 @@ def remove_stale_orphans(settings: Settings, url: str) -> tuple[list[str], list[
     fs, folder = location(settings, url)
     log_dir = f"{folder}/{SINK_LOG}"
     batches = _batch_names(fs, log_dir)
-    committed = set(_listed_files(fs, log_dir, batches))
+    committed = set(_listed_files(fs, log_dir, batches)) | retained(fs, folder)
     files = _data_files(fs, folder)
     orphans = {path: info for path, info in files.items() if path not in committed}
     if not batches:

@@ -32,6 +32,7 @@ from app.core.config import Settings
 from app.core.errors import EXIT_TRY_AGAIN, LabError, ServiceAway
 from app.core.process import kill_tree
 from app.core.topics import ensure_topics
+from app.lake.compaction import StreamCompactor
 from app.lake.failures import (
     PROBE_EVERY_SECONDS,
     Failure,
@@ -290,10 +291,11 @@ def run_stream(
     try:
         # Before the JVM starts: a refusal takes a second, not half a minute.
         kept = prepare_sinks(settings, log, lock.former_may_write)
+        compactor = None if available_now else StreamCompactor(settings, log, lock)
         spark = _stream_session(settings, master)
         with _stop_requests(settings.spark_stop_seconds, log) as received:
             try:
-                _supervise(spark, settings, lock, kept, available_now, log, received)
+                _supervise(spark, settings, lock, kept, compactor, available_now, log, received)
             finally:
                 spark.stop()
         sweep(settings, kept, log)
@@ -306,12 +308,14 @@ def _supervise(
     settings: Settings,
     lock: WriterLock,
     kept: Kept,
+    compactor: StreamCompactor | None,
     available_now: bool,
     log: Log,
     received: list[int],
 ) -> None:
     """Start the queries and watch them; after an outage, wait until the services answer and
-    start them again. Returns when they finish or a stop is requested."""
+    start them again; stop them for a compaction asked for (`app.lake.compaction`), then start
+    them again. Returns when they finish or a stop is requested."""
     seen: dict[str, int] = {}
     outage = OutageReport(log)
     first = True
@@ -321,7 +325,7 @@ def _supervise(
         began = time.monotonic()
         started = _start(spark, settings, lock, kept, available_now, log, again=again)
         if isinstance(started, Failure):
-            failure: Failure | None = started
+            failure: Failure | CompactionDue | None = started
         else:
             if first:
                 trigger = "available now" if available_now else settings.spark_trigger_interval
@@ -332,7 +336,12 @@ def _supervise(
                 )
                 first = False
             outage.back("the queries restarted from their checkpoints")
-            failure = _watch(started, settings, kept, log, received, seen, outage)
+            failure = _watch(started, settings, kept, compactor, log, received, seen, outage)
+        if isinstance(failure, CompactionDue):
+            if compactor is not None and not received:
+                compactor.serve()
+            again = True
+            continue
         if failure is None:
             break
         if not (failure.outage or is_outage(failure.message, settings)):
@@ -387,18 +396,38 @@ def _failure(queries: list[StreamingQuery], settings: Settings) -> Failure | Non
     return None
 
 
+class CompactionDue:
+    """`_watch` stopped the queries for a compaction request."""
+
+
+# How long the queries may take to finish their batches in flight before a compaction stops them.
+BATCH_END_WAIT_SECONDS = 30.0
+
+
+def _idle(queries: list[StreamingQuery], received: list[int]) -> None:
+    """Wait (a while) until no query is in a micro-batch: a batch stopped midway is safe, but
+    its work is lost and done again."""
+    deadline = time.monotonic() + BATCH_END_WAIT_SECONDS
+    while not received and time.monotonic() < deadline:
+        if not any(query.isActive and query.status["isTriggerActive"] for query in queries):
+            return
+        _pause(0.2, received)
+
+
 def _watch(
     queries: list[StreamingQuery],
     settings: Settings,
     kept: Kept,
+    compactor: StreamCompactor | None,
     log: Log,
     received: list[int],
     seen: dict[str, int],
     outage: OutageReport,
-) -> Failure | None:
-    """Report progress, watch the services and sweep kept files until the queries end, fail or
-    a stop is requested; then stop them. None when they ended well or were asked to stop."""
-    failure = None
+) -> Failure | CompactionDue | None:
+    """Report progress, watch the services and sweep kept files until the queries end, fail,
+    a compaction is asked for or a stop is requested; then stop them. None when they ended
+    well or were asked to stop."""
+    failure: Failure | CompactionDue | None = None
     probed = time.monotonic()
     try:
         while not received and any(query.isActive for query in queries):
@@ -417,6 +446,12 @@ def _watch(
                 else:
                     outage.back("the queries carried on")
                 probed = time.monotonic()
+            if compactor is not None:
+                compactor.tick()
+                if compactor.due():
+                    _idle(queries, received)
+                    failure = CompactionDue()
+                    break
             _pause(1.0, received)
         if received:
             log(f"signal {signal.Signals(received[0]).name}: stopping the queries")
@@ -424,4 +459,4 @@ def _watch(
     finally:
         stop_queries(queries, patience=STOP_TIMEOUT_SECONDS if received else None)
     _report_progress(queries, seen, log)
-    return failure or _failure(queries, settings)
+    return _failure(queries, settings) or failure
