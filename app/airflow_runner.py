@@ -138,10 +138,10 @@ def airflow_environment(settings: Settings, metadata_url: str) -> dict[str, str]
 
 
 def dags_test(
-    settings: Settings, timeout: float = 600, migrate: bool = True
+    settings: Settings, timeout: float = 600, migrate: bool = True, dag_id: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Migrate the metadata database (unless `migrate` is false), then run
-    `airflow dags test <dag_id>` once.
+    `airflow dags test <dag_id>` once (the pipeline's DAG unless `dag_id` names another).
 
     Returns the last finished process, output captured. Every setting, including the Kafka topic
     and the Mongo database, reaches the DAG through the environment.
@@ -152,7 +152,7 @@ def dags_test(
         **airflow_environment(settings, metadata_database(settings)),
     }
     steps = [["db", "migrate"]] if migrate else []
-    for args in [*steps, ["dags", "test", settings.dag_id]]:
+    for args in [*steps, ["dags", "test", dag_id or settings.dag_id]]:
         process = subprocess.run(
             [str(AIRFLOW), *args],
             env=environment,
