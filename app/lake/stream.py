@@ -42,7 +42,7 @@ from app.lake.failures import (
     is_outage,
     unreachable,
 )
-from app.lake.gaps import find_gaps
+from app.lake.gaps import find_gaps, retention_warnings
 from app.lake.gaps import refusal as gap_refusal
 from app.lake.queries import sinks, start_queries, stop_queries
 from app.lake.session import build_spark_session
@@ -60,6 +60,9 @@ STOP_TIMEOUT_SECONDS = 2
 # that ran for HEALTHY_SECONDS before failing start the series again.
 BACKOFF_SECONDS = (1, 2, 4, 8, 15, 30, 60)
 HEALTHY_SECONDS = 120.0
+# How often a running stream says again that Kafka's retention is about to delete orders it has
+# not read yet (`app.lake.gaps.retention_warnings`).
+RETENTION_WARN_EVERY_SECONDS = 600.0
 
 
 def preflight(settings: Settings) -> None:
@@ -380,11 +383,20 @@ def _start(
     try:
         if again:
             kept.update(prepare_sinks(settings, log, lock.former_may_write))
+        _warn_retention(settings, log)
         return start_queries(spark, settings, available_now=available_now)
     except LabError:
         raise
     except Exception as exc:  # S3 or Kafka away while reading the logs or starting
         return Failure(str(exc), f"the stream could not start its queries: {exc}")
+
+
+def _warn_retention(settings: Settings, log: Log) -> None:
+    try:
+        for line in retention_warnings(settings):
+            log(f"WARNING: {line}")
+    except Exception as exc:  # Kafka away: the outage watch says so
+        log(f"the stream could not check Kafka's retention ({type(exc).__name__}: {exc})")
 
 
 def _failure(queries: list[StreamingQuery], settings: Settings) -> Failure | None:
@@ -428,7 +440,7 @@ def _watch(
     a compaction is asked for or a stop is requested; then stop them. None when they ended
     well or were asked to stop."""
     failure: Failure | CompactionDue | None = None
-    probed = time.monotonic()
+    probed = warned = time.monotonic()
     try:
         while not received and any(query.isActive for query in queries):
             # A failed query first: asking a running one for its progress can wait on its
@@ -446,6 +458,9 @@ def _watch(
                 else:
                     outage.back("the queries carried on")
                 probed = time.monotonic()
+            if time.monotonic() - warned > RETENTION_WARN_EVERY_SECONDS:
+                _warn_retention(settings, log)
+                warned = time.monotonic()
             if compactor is not None:
                 compactor.tick()
                 if compactor.due():
