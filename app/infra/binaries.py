@@ -12,7 +12,7 @@ GO_HINT = "Install Go 1.25+ (e.g. `sudo apt-get install -y golang`), or put the 
 
 def is_up_to_date(output: Path, source_dir: Path) -> bool:
     """True when `output` exists and is newer than every build input in `source_dir`."""
-    inputs = [p for p in source_dir.iterdir() if p.suffix in {".go", ".mod", ".sum", ".sh"}]
+    inputs = [p for p in source_dir.iterdir() if p.suffix in {".go", ".mod", ".sum", ".sh", ".in"}]
     return output.exists() and all(output.stat().st_mtime >= p.stat().st_mtime for p in inputs)
 
 
