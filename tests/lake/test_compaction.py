@@ -208,3 +208,37 @@ def test_a_running_stream_compacts_when_asked_and_loses_nothing(
     assert sum(total.values()) == len(total) == 16 * PER_TRIGGER
     assert _spark(spark, settings) == total
     assert _folder(settings) == total
+
+
+def _entry(day: str, n: int, size: int) -> dict[str, object]:
+    return {
+        "path": f"s3a://lake/raw/ingest_date={day}/part-{n}.parquet",
+        "size": size,
+        "modificationTime": n,
+        "action": "add",
+    }
+
+
+def test_bins_hold_each_days_small_files_up_to_the_target_and_skip_the_rest() -> None:
+    from app.lake.compaction import Options, plan_bins
+
+    options = Options(target_bytes=100, min_files=3, grace_seconds=0)
+    entries = [
+        *(_entry("2026-12-01", n, 30) for n in range(7)),  # 210 bytes: bins of 3, 3 (and 1 left)
+        *(_entry("2026-12-02", n, 10) for n in range(2)),  # fewer than min_files
+        _entry("2026-12-03", 0, 80),  # not small (over half the target)
+        *(_entry("2026-12-03", n, 10) for n in range(1, 4)),
+    ]
+    plan = plan_bins(entries, options)
+    assert set(plan) == {
+        "s3a://lake/raw/ingest_date=2026-12-01",
+        "s3a://lake/raw/ingest_date=2026-12-03",
+    }
+    assert [len(group) for group in plan["s3a://lake/raw/ingest_date=2026-12-01"]] == [3, 3]
+    (day_3,) = plan["s3a://lake/raw/ingest_date=2026-12-03"]
+    assert [entry["path"].rsplit("/", 1)[1] for entry in day_3] == [
+        "part-1.parquet",
+        "part-2.parquet",
+        "part-3.parquet",
+    ]
+    ]
