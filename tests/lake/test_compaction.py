@@ -241,4 +241,3 @@ def test_bins_hold_each_days_small_files_up_to_the_target_and_skip_the_rest() ->
         "part-2.parquet",
         "part-3.parquet",
     ]
-    ]
