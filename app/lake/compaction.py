@@ -60,7 +60,7 @@ from app.lake.queries import Sink, sinks
 from app.lake.retired import COMPACTION_FOLDER, Retired, read_retired, vacuum, write_retired
 from app.lake.sink_log import SINK_LOG, _batch_names, _key, _listed_files, remove_orphans
 from app.lake.storage import location
-from app.lake.writer_lock import WriterLock, writer_lock
+from app.lake.writer_lock import COMPACTION, STREAM, LockHeld, WriterLock, writer_lock
 
 Log = Callable[[str], None]
 REQUESTS = f"{COMPACTION_FOLDER}/requests"
@@ -411,10 +411,12 @@ def compact_lake(
     """Compact the lake: itself when no stream holds the writer lock, else by asking the stream
     and waiting for its answer (LabError when it does not answer in time, or refuses)."""
     options = Options.of(settings, grace_seconds)
-    lock = writer_lock(settings)
+    lock = writer_lock(settings, role=COMPACTION)
     try:
         lock.acquire()
-    except LabError as refusal:
+    except LockHeld as refusal:
+        if refusal.role != STREAM:
+            raise
         log("compaction: a stream holds the writer lock; asking it to compact")
         return _ask_stream(settings, options, log, refusal)
     try:

@@ -47,7 +47,7 @@ from app.lake.gaps import refusal as gap_refusal
 from app.lake.queries import sinks, start_queries, stop_queries
 from app.lake.session import build_spark_session
 from app.lake.sink_log import SINK_LOG, disagreement, remove_orphans, remove_stale_orphans
-from app.lake.writer_lock import LeaseLost, WriterLock, writer_lock
+from app.lake.writer_lock import COMPACTION, LeaseLost, LockHeld, WriterLock, writer_lock
 
 # Files kept by the clean-up because a former writer may still commit them, by sink folder.
 Kept = dict[str, set[str]]
@@ -289,7 +289,14 @@ def run_stream(
     cannot mend raises LabError."""
     preflight(settings)
     lock = writer_lock(settings)
-    lock.acquire()
+    try:
+        lock.acquire()
+    except LockHeld as refusal:
+        if refusal.role == COMPACTION:
+            # A compaction ran while no stream did; it ends in seconds: a matter of starting
+            # again (exit 75: `task up`'s watcher does), not an error.
+            raise ServiceAway(str(refusal)) from refusal
+        raise
     lock.keep(lambda reason: _lock_lost(lock, reason))
     try:
         # Before the JVM starts: a refusal takes a second, not half a minute.

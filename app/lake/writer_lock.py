@@ -89,19 +89,41 @@ class WriterLock(Protocol):
         """Let it go (no error if not held)."""
 
 
-def writer_lock(settings: Settings, checkpoint: str | None = None) -> WriterLock:
-    """The lock that fits where the checkpoint is: a lease on S3, a file lock on local disk."""
+STREAM = "stream"
+COMPACTION = "compaction"  # `app.lake.compaction`: holds the lock for seconds
+
+
+class LockHeld(LabError):
+    """Another job holds the lock; `role` says what it is (`STREAM` or `COMPACTION`)."""
+
+    def __init__(self, message: str, role: str) -> None:
+        super().__init__(message)
+        self.role = role
+
+
+def writer_lock(
+    settings: Settings, checkpoint: str | None = None, role: str = STREAM
+) -> WriterLock:
+    """The lock that fits where the checkpoint is: a lease on S3, a file lock on local disk.
+    `role` tells a job refused the lock what holds it."""
     checkpoint = checkpoint or settings.checkpoint_dir
     if is_s3(checkpoint):
-        return S3Lease(settings, checkpoint)
-    return FileLock(Path(location(settings, checkpoint)[1]))
+        return S3Lease(settings, checkpoint, role)
+    return FileLock(Path(location(settings, checkpoint)[1]), role)
 
 
-def _refusal(checkpoint: str, holder: str) -> LabError:
-    return LabError(
+def _refusal(checkpoint: str, holder: str, role: str) -> LockHeld:
+    if role == COMPACTION:
+        return LockHeld(
+            f"A lake compaction holds the writer lock of the checkpoint {checkpoint} ({holder}); "
+            "it takes seconds. Run this again once it is done.",
+            role,
+        )
+    return LockHeld(
         f"Another stream job is running on the checkpoint {checkpoint} ({holder}). It keeps the "
         "lake up to date already; stop it first (the Procfile's `spark` process?) if you want to "
-        "run this one."
+        "run this one.",
+        role,
     )
 
 
@@ -109,8 +131,9 @@ class FileLock:
     # The kernel drops a file lock only when its holder's process is gone.
     former_may_write = False
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, role: str = STREAM) -> None:
         self.path = folder / LOCK_NAME
+        self.role = role
         self._handle: IO[str] | None = None
 
     def acquire(self) -> None:
@@ -124,9 +147,10 @@ class FileLock:
             handle.seek(0)
             holder = handle.read().strip() or "its lock file is held"
             handle.close()
-            raise _refusal(str(self.path.parent), holder) from None
+            role = COMPACTION if holder.startswith(COMPACTION) else STREAM
+            raise _refusal(str(self.path.parent), holder, role) from None
         handle.truncate(0)
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.write(f"{self.role}: pid {os.getpid()} on {socket.gethostname()}")
         handle.flush()
         self._handle = handle
 
@@ -155,11 +179,14 @@ def _holder_gone(meta: dict[str, str]) -> bool:
 
 
 def _describe(meta: dict[str, str]) -> str:
-    return f"pid {meta.get('pid', '?')} on {meta.get('host', '?')}, since {meta.get('since', '?')}"
+    return (
+        f"{meta.get('role', STREAM)}: pid {meta.get('pid', '?')} on {meta.get('host', '?')}, "
+        f"since {meta.get('since', '?')}"
+    )
 
 
 class S3Lease:
-    def __init__(self, settings: Settings, checkpoint: str) -> None:
+    def __init__(self, settings: Settings, checkpoint: str, role: str = STREAM) -> None:
         self.checkpoint = checkpoint
         self.timeout = settings.spark_writer_lease_seconds
         self.fs = s3_filesystem(settings, timeout=REQUEST_TIMEOUT_SECONDS)
@@ -171,6 +198,7 @@ class S3Lease:
             "started": str(psutil.Process().create_time()),
             "since": datetime.now(UTC).isoformat(timespec="seconds"),
             "renewal": "0",
+            "role": role,
         }
         self.etag: str | None = None
         self.renewed = 0.0
@@ -224,7 +252,7 @@ class S3Lease:
         if current is None:  # released in between
             if self._put(IfNoneMatch="*"):
                 return
-            raise _refusal(self.checkpoint, "it took the lease a moment ago")
+            raise _refusal(self.checkpoint, "it took the lease a moment ago", STREAM)
         etag, holder, age = current
         mine = holder.get("owner") == self.meta["owner"]
         gone = _holder_gone(holder)
@@ -233,6 +261,7 @@ class S3Lease:
                 self.checkpoint,
                 f"{_describe(holder)}; its lease s3://{self.bucket}/{self.key} was renewed "
                 f"{age:.0f} s ago and is free {self.timeout:.0f} s after its last renewal",
+                holder.get("role", STREAM),
             )
         # A holder that let its lease lapse may only be paused or cut off from S3, and resume
         # writing; one whose process is gone from this host cannot (its JVM exits with it).

@@ -241,3 +241,20 @@ def test_bins_hold_each_days_small_files_up_to_the_target_and_skip_the_rest() ->
         "part-2.parquet",
         "part-3.parquet",
     ]
+
+
+def test_a_stream_that_starts_during_a_compaction_asks_to_be_started_again(
+    lake: Settings,
+) -> None:
+    from app.core.errors import EXIT_TRY_AGAIN
+    from app.lake.writer_lock import COMPACTION, writer_lock
+
+    compaction = writer_lock(lake, role=COMPACTION)
+    compaction.acquire()
+    try:
+        job = run_job(lake, timeout=120)
+    finally:
+        compaction.release()
+    # Not an error (which would stop `task up`): exit 75, and the watcher starts it again.
+    assert job.returncode == EXIT_TRY_AGAIN, job.stdout + job.stderr
+    assert "A lake compaction holds the writer lock" in job.stderr
