@@ -245,18 +245,18 @@ def run_components(
 
 
 class TaskReport:
-    """One line per task of the DAG that finished since this process started, with what it
-    returned (the drain's and the counts refresh's summaries), read from Airflow's REST API
-    every `REPORT_SECONDS` by `tick`. Quiet while the API server is not answering yet."""
+    """One line per task of the lab's DAGs that finished since this process started, with what
+    it returned (the drain's, the counts refresh's, the compaction's summaries), read from
+    Airflow's REST API every `REPORT_SECONDS` by `tick`. Quiet while the API server is not
+    answering yet."""
 
     def __init__(self, settings: Settings) -> None:
-        self.dag_id = settings.dag_id
         self.task_logs = airflow_home(settings) / "logs"
         self.http = httpx.Client()
         self.api = AirflowClient(settings, self.http)
         self.since = datetime.now(UTC).isoformat()
         self.due = 0.0
-        self.reported: set[tuple[str, str, int, int]] = set()
+        self.reported: set[tuple[str, str, str, int, int]] = set()
 
     def tick(self) -> None:
         now = time.monotonic()
@@ -271,7 +271,7 @@ class TaskReport:
 
     def lines(self) -> list[str]:
         found = self.api.get(
-            f"/dags/{self.dag_id}/dagRuns/~/taskInstances",
+            "/dags/~/dagRuns/~/taskInstances",  # every DAG's
             end_date_gte=self.since,
             state=list(FINISHED),
             order_by="end_date",
@@ -279,7 +279,7 @@ class TaskReport:
         )
         lines = []
         for ti in found.get("task_instances", []):
-            key = (ti["dag_run_id"], ti["task_id"], ti["map_index"], ti["try_number"])
+            key = (ti["dag_id"], ti["dag_run_id"], ti["task_id"], ti["map_index"], ti["try_number"])
             if key in self.reported:
                 continue
             self.reported.add(key)
@@ -296,7 +296,7 @@ class TaskReport:
                 f"{line}, try {ti['try_number']}: its log is in the UI and under {self.task_logs}"
             )
         entry = self.api.get(
-            f"/dags/{self.dag_id}/dagRuns/{ti['dag_run_id']}/taskInstances/{ti['task_id']}"
+            f"/dags/{ti['dag_id']}/dagRuns/{ti['dag_run_id']}/taskInstances/{ti['task_id']}"
             "/xcomEntries/return_value",
             map_index=ti["map_index"],
             deserialize=True,
