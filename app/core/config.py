@@ -33,6 +33,14 @@ class Settings(BaseSettings):
     # What the lab's processes log (app/core/logs.py); DEBUG also shows the libraries' lines.
     lab_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # Housekeeping (`task tidy`, DAG `lab_housekeeping` daily; app/housekeeping.py).
+    # A `<lab home>/logs/*.log` over this size is cut, its newest part kept in `<name>.log.1`;
+    # the Spark driver's `spark.log` rolls itself at this size (app/lake/log4j2.properties).
+    lab_log_max_mb: int = Field(default=50, ge=1)
+    # Log files, Airflow's task-log folders and Airflow's metadata rows (DAG runs, task
+    # instances, XComs) older than this are deleted: a week of runs stays to look back on.
+    lab_log_keep_days: float = Field(default=7.0, gt=0)
+
     # Ingest API
     api_host: str = "127.0.0.1"
     api_port: int = 8000

@@ -61,11 +61,15 @@ def cluster_options(settings: Settings) -> dict[str, str]:
 
 
 def _driver_logging(settings: Settings) -> str:
-    """JVM options of the driver's log: warnings to `<lab home>/logs/spark.log`, errors also to
-    the terminal (`log4j2.properties` beside this module)."""
+    """JVM options of the driver's log: warnings to `<lab home>/logs/spark.log`, rolled to
+    `spark.log.1` at LAB_LOG_MAX_MB, errors also to the terminal (`log4j2.properties` beside
+    this module)."""
     log = settings.lab_home / "logs" / "spark.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    return f"-Dlog4j2.configurationFile=file:{LOG_CONFIG} -Dlab.spark.log={log}"
+    return (
+        f"-Dlog4j2.configurationFile=file:{LOG_CONFIG} -Dlab.spark.log={log} "
+        f"-Dlab.spark.log.max={settings.lab_log_max_mb}MB"
+    )
 
 
 def build_spark_session(

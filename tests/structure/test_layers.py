@@ -21,7 +21,14 @@ LAYERS = [
     ("app.pipeline", "app.lake", "app.analysis"),
     ("app.infra",),
     ("app.figures",),
-    ("app.api", "app.generator", "app.airflow_runner", "app.airflow_cli", "app.status"),
+    (
+        "app.api",
+        "app.generator",
+        "app.airflow_runner",
+        "app.airflow_cli",
+        "app.housekeeping",
+        "app.status",
+    ),
     ("app.console",),
 ]
 
