@@ -14,9 +14,10 @@ home, all removed at the end) against the services of `task infra-up`:
 3. On both, side by side: a plain pyarrow read of the lake folder (`pyarrow.dataset` over S3)
    and `task status` (`python -m app.status`), each the best of 3; `task analyze` (`python -m
    app.analysis.run`); a restarted stream landing 200 new orders (the lab's
-   maxOffsetsPerTrigger); each as a user runs it, with the environment pointing at that lake; plus the data files per closed day, the size
-   of the sink log (`_spark_metadata`: all of it, and what a reader reads: the latest
-   `N.compact` and the entries after it) and of the checkpoint.
+   maxOffsetsPerTrigger). Each runs as a user runs it, with the environment pointing at that
+   lake. Also the data files per closed day, the size of the sink log (`_spark_metadata`: all of
+   it, and what a reader reads: the latest `N.compact` and the entries after it) and of the
+   checkpoint.
 4. The many-batch lake is compacted (`python -m app.lake.compaction --grace-seconds 0`) and
    measured again.
 5. Check: the rows (OrderId, Kafka partition, offset) read by Spark, by pyarrow over the sink
