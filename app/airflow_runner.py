@@ -24,6 +24,9 @@ with the last lines of its file, and this process's own lines.
   `AIRFLOW_ADMIN_PASSWORD` (Airflow's simple auth manager, which reads passwords from a 0600
   file this module writes from the settings). The password is never printed.
 - `AIRFLOW_HOME` is private (0700): Airflow writes its generated secret keys into `airflow.cfg`.
+- Airflow's loops are paced for the lab (`QUIET_SETTINGS`: the scheduler's idle sleep, the
+  heartbeats, how often an unchanged DAG file is parsed again): about half the CPU of Airflow's
+  defaults, idle and under the DAG. Any of those variables in the environment wins.
 
 `dags_test` runs `airflow dags test` with the same environment, for the tests.
 """
@@ -55,6 +58,34 @@ COMPONENTS = {
     "dag-processor": ["dag-processor"],
     "api-server": ["api-server"],
     "triggerer": ["triggerer", "--skip-serve-logs"],
+}
+# Airflow's loops are paced for a cluster of many DAGs; the lab runs two on two cores it shares
+# with Kafka, Spark and the API, and idle Airflow took 3.7 CPU-s a minute. Each value is a
+# default: the same variable in the environment wins. bench/bench_airflow.py measures both.
+QUIET_SETTINGS = {
+    # The scheduler's loop runs every second while it has nothing to do, and a task running counts
+    # as nothing to do: a run falling due and a task finishing are only seen at the next turn.
+    # Every 2 s halves the idle queries and adds at most 2 s per step to a run (creation, each
+    # task's start and end); 5 s cut more CPU but made a run 10 s longer, and a run's time under
+    # load is what the 2-minute interval is short of.
+    "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "2",
+    # The scheduler's, DAG processor's and triggerer's heartbeats (a database write each, every
+    # 5 s): every 10 s stays within a third of the 30 s after which /monitor/health calls a
+    # component unhealthy, on a loaded machine too.
+    "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "10",
+    "AIRFLOW__SCHEDULER__JOB_HEARTBEAT_SEC": "10",
+    "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "10",
+    # Tasks without a heartbeat are failed after 5 minutes; looking for them every 10 s buys
+    # nothing over every 30 s. No DAG of the lab defers, so trigger time-outs are rare as well.
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "30",
+    "AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL": "60",
+    # Each parse of a DAG file forks a process that imports it, every 30 s by default. A file
+    # changed since its last parse is parsed again at once whatever this says (the processor
+    # compares modification times every second), so an edit still shows within seconds; an
+    # unchanged file is parsed every 10 minutes.
+    "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
+    # The lab has two DAG files: one parsing process at a time is enough.
+    "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
 }
 MAX_BACKOFF_SECONDS = 30
 STABLE_SECONDS = 60.0
@@ -134,6 +165,7 @@ def airflow_environment(settings: Settings, metadata_url: str) -> dict[str, str]
         # DAG files and tasks import the lab's package; components start `airflow` from PATH.
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         "PATH": os.pathsep.join([str(VENV_BIN), os.environ.get("PATH", "")]),
+        **{name: os.environ.get(name, value) for name, value in QUIET_SETTINGS.items()},
     }
 
 
