@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]  # no stubs installed
+import pytest
 
-from app.airflow_runner import summary_text
+from app.airflow_runner import QUIET_SETTINGS, airflow_environment, summary_text
 from app.core.config import ROOT, Settings
 
 # Runs `run_components` with one component that exits at once and one that runs on.
@@ -143,3 +144,27 @@ def test_a_task_summary_reads_as_one_line_of_its_nonzero_figures() -> None:
     assert summary_text({"consumed": 5, "lost_offsets": 150, "gaps": [gap]}) == (
         "consumed 5, lost_offsets 150, gaps 1"
     )
+
+
+def test_airflow_loops_are_paced_for_the_lab_unless_the_environment_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME", "1")
+    settings = Settings(lab_home=tmp_path)
+    environment = airflow_environment(settings, f"sqlite:///{tmp_path / 'airflow.db'}")
+    assert environment["AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"] == "1"
+    assert environment["AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL"] == "600"
+    # Airflow reads each of them: a misspelt name would be silently ignored.
+    check = subprocess.run(
+        [
+            sys.executable, "-c",
+            "import sys; from airflow.configuration import conf\n"
+            "for name in sys.argv[1:]:\n"
+            "    _, section, key = name.lower().split('__')\n"
+            "    print(conf.get(section, key))",
+            *QUIET_SETTINGS,
+        ],
+        env={**os.environ, **environment}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.split() == [environment[name] for name in QUIET_SETTINGS]
