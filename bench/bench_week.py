@@ -286,7 +286,11 @@ def layout(settings: Settings, costs: Costs, today: date) -> None:
     log = fs.find(f"{folder}/{SINK_LOG}", detail=True)
     costs.log_files, costs.log_bytes = len(log), sum(int(i["size"]) for i in log.values())
     entries = {path.rsplit("/", 1)[1]: int(info["size"]) for path, info in log.items()}
-    batch = {name: int(name.removesuffix(".compact")) for name in entries if name[0].isdigit()}
+    batch = {
+        name: int(name.removesuffix(".compact"))
+        for name in entries
+        if name.removesuffix(".compact").isdigit()  # not the folder's own entry, nor .crc files
+    }
     start = max((n for name, n in batch.items() if name.endswith(".compact")), default=0)
     read = [entries[name] for name, n in batch.items() if n >= start]
     costs.log_read_files, costs.log_read_bytes = len(read), sum(read)
