@@ -58,6 +58,12 @@ mod=github.com/FerretDB/FerretDB
 ver=v1.24.2
 srcdir=${FERRETDB_SRC_DIR:-$repo/.lab/build/ferretdb-$ver}
 
+# One build at a time: two (say `task infra-up` and a test's spare server) would remove and
+# copy the same folder under each other.
+mkdir -p "$(dirname "$srcdir")"
+exec 9>"$srcdir.lock"
+flock 9
+
 cd "$here"
 go mod download "$mod"
 orig=$(go list -m -f '{{.Dir}}' "$mod")
