@@ -224,8 +224,30 @@ def compact_sink(settings: Settings, url: str, name: str, options: Options) -> S
             "10 micro-batches), nothing is rewritten before it has"
         )
     result.deleted = len(vacuum(fs, folder, listed))
+    if compactions:
+        _drop_superseded_log_files(fs, log_dir, int(compactions[-1].split(".")[0]), options)
     result.seconds = time.monotonic() - began
     return result
+
+
+def _drop_superseded_log_files(
+    fs: AbstractFileSystem, log_dir: str, latest_compaction: int, options: Options
+) -> None:
+    """Delete the sink log's files before its latest compaction file (which holds all they
+    list) once they are `grace_seconds` old: Spark's own rule (`fileSink.log.cleanupDelay`, 10
+    minutes), which it applies only when the stream writes a compaction file, so a stream that
+    stopped leaves them all. Every reader, plain ones too, lists this folder."""
+    cutoff = time.time() - options.grace_seconds
+    stale = []
+    for info in fs.ls(log_dir, detail=True, refresh=True):
+        name = info["name"].rstrip("/").rsplit("/", 1)[-1]
+        batch = name.removesuffix(".compact")
+        if batch.isdigit() and int(batch) < latest_compaction:
+            stamp = info.get("LastModified")
+            if isinstance(stamp, datetime) and stamp.timestamp() < cutoff:
+                stale.append(info["name"])
+    if stale:
+        fs.rm(stale)
 
 
 def _rewrite(
