@@ -13,6 +13,7 @@ import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Producer
 from pyspark.sql import SparkSession
@@ -163,6 +164,10 @@ def test_a_kill_at_any_step_loses_nothing_and_the_stream_carries_on_from_the_com
     assert _folder(settings) == before
     fs, folder = location(settings, settings.purchases_url)
     assert read_retired(fs, folder) == []
+    # A merged file is one row group, not one per small file it replaced.
+    listed = committed_files(settings, settings.purchases_url)
+    merged = [key for key in listed if "compacted" in key]
+    assert merged and all(pq.ParquetFile(fs.open(key)).num_row_groups == 1 for key in merged)
 
     # The stream goes on: 8 more micro-batches, so Spark writes its next compaction file (batch
     # 19) from the rewritten one; the merged files must stay listed, the replaced ones gone.
