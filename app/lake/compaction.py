@@ -60,7 +60,15 @@ from app.core.config import Settings
 from app.core.errors import LabError
 from app.lake.queries import Sink, sinks
 from app.lake.retired import COMPACTION_FOLDER, Retired, read_retired, vacuum, write_retired
-from app.lake.sink_log import SINK_LOG, _batch_names, _key, _listed_files, remove_orphans
+from app.lake.sink_log import (
+    SINK_LOG,
+    _batch_names,
+    _key,
+    _latest,
+    _listed_files,
+    committed_files,
+    remove_orphans,
+)
 from app.lake.storage import location
 from app.lake.writer_lock import COMPACTION, STREAM, LockHeld, WriterLock, writer_lock
 
@@ -414,7 +422,7 @@ class StreamCompactor:
         for sink in self._sinks():
             fs, folder = location(self.settings, sink.url)
             try:
-                listed = set(committed_listing(self.settings, sink.url))
+                listed = set(committed_files(self.settings, sink.url))
                 gone = vacuum(fs, folder, listed)
             except Exception as exc:  # S3 away: the next compaction deletes them
                 self.log(f"compaction: replaced files of {sink.name} not deleted yet ({exc})")
@@ -428,15 +436,9 @@ class StreamCompactor:
                     self.vacuum_due = time.monotonic() + REQUEST_EVERY_SECONDS * 12
 
 
-def committed_listing(settings: Settings, url: str) -> list[str]:
-    fs, folder = location(settings, url)
-    log_dir = f"{folder}/{SINK_LOG}"
-    return _listed_files(fs, log_dir, _batch_names(fs, log_dir))
-
-
 def _latest_batch(settings: Settings, sink: Sink) -> int:
     fs, folder = location(settings, sink.url)
-    return max((batch for batch, _ in _batch_names(fs, f"{folder}/{SINK_LOG}")), default=-1)
+    return _latest(fs, f"{folder}/{SINK_LOG}")
 
 
 # -- the command ----------------------------------------------------------------------------
