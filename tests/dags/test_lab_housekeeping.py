@@ -5,33 +5,24 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from app.airflow_runner import airflow_environment, dags_test
+from app.airflow_runner import dags_test
 from app.core.clients import postgres_connection
-from app.core.config import ROOT, Settings, get_settings
+from app.core.config import Settings
 from app.housekeeping import DAY_SECONDS, clean_airflow_metadata
 
 DAG_ID = "lab_housekeeping"
 
 
 @pytest.fixture(scope="module")
-def dag(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    home = tmp_path_factory.mktemp("airflow")
-    environment = airflow_environment(get_settings(), f"sqlite:///{home / 'airflow.db'}")
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in {**environment, "AIRFLOW_HOME": str(home)}.items():
-            patch.setenv(name, value)
-        from airflow.dag_processing.dagbag import DagBag
-
-        bag = DagBag(dag_folder=ROOT / "dags")
-        assert bag.import_errors == {}
-        yield bag.dags[DAG_ID]
+def dag(dag_bag: Any) -> Any:
+    assert dag_bag.import_errors == {}
+    return dag_bag.dags[DAG_ID]
 
 
 def test_housekeeping_runs_daily_one_at_a_time_and_retries(dag: Any) -> None:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -12,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from app.airflow_runner import airflow_environment, dags_test
-from app.core.config import ROOT, Settings, get_settings
+from app.airflow_runner import dags_test
+from app.core.config import Settings, get_settings
 from app.lake.sink_log import committed_files, folder_files
 from app.lake.storage import ensure_bucket, location
 from tests.support import make_isolated_settings, remove_isolated
@@ -22,17 +21,9 @@ DAG_ID = "lake_compaction"
 
 
 @pytest.fixture(scope="module")
-def dag(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    home = tmp_path_factory.mktemp("airflow")
-    environment = airflow_environment(get_settings(), f"sqlite:///{home / 'airflow.db'}")
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in {**environment, "AIRFLOW_HOME": str(home)}.items():
-            patch.setenv(name, value)
-        from airflow.dag_processing.dagbag import DagBag
-
-        bag = DagBag(dag_folder=ROOT / "dags")
-        assert bag.import_errors == {}
-        yield bag.dags[DAG_ID]
+def dag(dag_bag: Any) -> Any:
+    assert dag_bag.import_errors == {}
+    return dag_bag.dags[DAG_ID]
 
 
 def test_compaction_runs_hourly_one_at_a_time_and_retries(dag: Any) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from app.airflow_runner import airflow_environment, dags_test
+from app.airflow_runner import dags_test
 from app.core.clients import postgres_connection
 from app.core.config import ROOT, Settings, get_settings
 from tests.pipeline.helpers import (
@@ -20,19 +19,6 @@ from tests.pipeline.helpers import (
     stored_counts,
 )
 from tests.support import event_store
-
-
-@pytest.fixture(scope="module")
-def dag_bag(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """Airflow's DagBag of the repository's dags/ folder, parsed as the DAG processor does."""
-    home = tmp_path_factory.mktemp("airflow")
-    environment = airflow_environment(get_settings(), f"sqlite:///{home / 'airflow.db'}")
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in {**environment, "AIRFLOW_HOME": str(home)}.items():
-            patch.setenv(name, value)
-        from airflow.dag_processing.dagbag import DagBag
-
-        yield DagBag(dag_folder=ROOT / "dags")
 
 
 @pytest.fixture(scope="module")
