@@ -4,10 +4,11 @@ In one run, on names of its own (a topic, S3 prefixes, checkpoints, PostgreSQL t
 home, all removed at the end) against the services of `task infra-up`:
 
 1. `--orders` orders (20,000), made by the generator's own crowd (`app.generator.crowd`), are
-   produced to the bench's topic with Kafka timestamps spread evenly over the past 7 UTC days.
-   The lake is partitioned by the UTC date of that timestamp (`ingest_date`), so it holds 7 closed
-   days, as after a week of running. The topic keeps its records for good (`retention.ms=-1`):
-   the oldest are more than the broker's 168 h old.
+   produced to the bench's topic with Kafka timestamps in time order, an eighth of them on each
+   of the past 7 UTC days and the last eighth on today's, up to now. The lake is partitioned by
+   the UTC date of that timestamp (`ingest_date`), so it holds 7 closed days and today's open
+   one, as after a week of running: the stream's last batches write today's. The topic keeps
+   its records for good (`retention.ms=-1`): the oldest are more than the broker's 168 h old.
 2. Two lakes are built from that topic by the lab's stream (`python -m app.lake --available-now`):
    "many batches", with maxOffsetsPerTrigger = orders / `--batches` (2,000), i.e. the small
    micro-batches of a short trigger; and "one batch", everything in one micro-batch.
@@ -15,9 +16,9 @@ home, all removed at the end) against the services of `task infra-up`:
    and `task status` (`python -m app.status`), each the best of 3; `task analyze` (`python -m
    app.analysis.run`); a restarted stream landing 200 new orders (the lab's
    maxOffsetsPerTrigger). Each runs as a user runs it, with the environment pointing at that
-   lake. Also the data files per closed day, the size of the sink log (`_spark_metadata`: all of
-   it, and what a reader reads: the latest `N.compact` and the entries after it) and of the
-   checkpoint.
+   lake. Also the data files per closed day and today's, the size of the sink log
+   (`_spark_metadata`: all of it, and what a reader reads: the latest `N.compact` and the entries
+   after it) and of the checkpoint.
 4. The many-batch lake is compacted (`python -m app.lake.compaction --grace-seconds 0`) and
    measured again.
 5. Check: the rows (OrderId, Kafka partition, offset) read by Spark, by pyarrow over the sink
@@ -111,6 +112,7 @@ class Costs:
     analyze: float = math.nan
     restart: float = math.nan
     files_per_day: dict[str, int] = field(default_factory=dict)  # closed days only
+    files_today: int = 0  # the open day's
     log_files: int = 0
     log_bytes: int = 0
     # What a reader of the log reads: its latest `N.compact` and the entries after it.
@@ -169,11 +171,18 @@ def crowd_orders(crowd: Crowd, moments: Iterator[datetime]) -> Iterator[Purchase
         yield orders[0]
 
 
-def week_moments(count: int, today: date) -> Iterator[datetime]:
-    """`count` moments spread evenly over the 7 UTC days before `today`."""
-    start = datetime(today.year, today.month, today.day, tzinfo=UTC) - timedelta(days=DAYS)
-    step = timedelta(days=DAYS) / count
-    return (start + (n + 1) * step for n in range(count))
+def week_moments(count: int, now: datetime) -> Iterator[datetime]:
+    """`count` moments in time order, as a week of running leaves them: a share of 1/(DAYS + 1)
+    on each of the DAYS closed UTC days before `now`'s, and the last share on `now`'s day, from
+    its midnight to `now` (the day the stream is still writing, as it would be a week in)."""
+    midnight = datetime(now.year, now.month, now.day, tzinfo=UTC)
+    start = midnight - timedelta(days=DAYS)
+    for n in range(count):
+        position = (n + 1) / count * (DAYS + 1)  # in days from start; the last day is today's
+        if position <= DAYS:
+            yield start + timedelta(days=position)
+        else:
+            yield midnight + (position - DAYS) * (now - midnight)
 
 
 def moments_now(count: int) -> Iterator[datetime]:
@@ -281,6 +290,7 @@ def layout(settings: Settings, costs: Costs, today: date) -> None:
         day = next(p for p in path.split("/") if p.startswith(f"{PARTITION_COLUMN}="))
         per_day[day.split("=", 1)[1]] += 1
     costs.files_per_day = {d: n for d, n in sorted(per_day.items()) if d < today.isoformat()}
+    costs.files_today = per_day[today.isoformat()]
     fs, folder = location(settings, settings.purchases_url)
     fs.invalidate_cache()
     log = fs.find(f"{folder}/{SINK_LOG}", detail=True)
@@ -425,6 +435,9 @@ def table(one: Costs, many: Costs, after: Costs | None) -> list[str]:
         f"<= {FILES_PER_DAY_TARGET} | {day_verdict} |"
     )
 
+    cells = [str(c.files_today) if c else "-" for c in (one, many, after)]
+    lines.append(f"| data files of today, the open day | {' | '.join(cells)} | | | |")
+
     def size(files: int, size: int) -> str:
         return f"{files} files, {size / 1024:,.1f} KiB"
 
@@ -448,13 +461,14 @@ def compaction_ready() -> bool:
 
 
 def run(one: Lake, many: Lake, orders: int, wanted_batches: int) -> int:
-    today = datetime.now(UTC).date()
     create_topic(many.settings)
     started = time.perf_counter()
-    produced = produce(many.settings, crowd_orders(Crowd(1), week_moments(orders, today)))
+    now = datetime.now(UTC)
+    today = now.date()
+    produced = produce(many.settings, crowd_orders(Crowd(1), week_moments(orders, now)))
     print(
-        f"produced {orders:,} orders over {today - timedelta(days=DAYS)} .. "
-        f"{today - timedelta(days=1)} in {time.perf_counter() - started:.1f} s",
+        f"produced {orders:,} orders over {today - timedelta(days=DAYS)} .. {today} (today, "
+        f"the open day: 1/{DAYS + 1} of them) in {time.perf_counter() - started:.1f} s",
         flush=True,
     )
 

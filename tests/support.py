@@ -188,8 +188,10 @@ def read_topic(settings: Settings, topic: str) -> list[Message]:
                 continue
             assert message.error() is None, message.error()
             messages.append(message)
-            if message.offset() + 1 >= ends[message.partition()]:
-                pending.discard(message.partition())
+            partition, offset = message.partition(), message.offset()
+            assert partition is not None and offset is not None
+            if offset + 1 >= ends[partition]:
+                pending.discard(partition)
         assert not pending, f"could not read {topic} to its end within 30 s"
         return messages
     finally:
