@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+from pymongo.collection import Collection
+from pymongo.errors import OperationFailure
 
-from app.core.clients import arrow_s3_filesystem, s3_filesystem
+from app.core.clients import Document, arrow_s3_filesystem, s3_filesystem
 from app.core.config import Settings
 from app.lake.schema import PARTITION_COLUMN
 from app.pipeline.store import EventStore
@@ -30,16 +32,34 @@ from app.pipeline.store import EventStore
 if TYPE_CHECKING:
     from app.analysis.conflicts import Conflict
 
+NAMESPACE_NOT_FOUND = 26
 PARTITION = re.compile(rf"{PARTITION_COLUMN}=(\d{{4}}-\d{{2}}-\d{{2}})")
 
 
 def mongo_documents(store: EventStore) -> dict[str, int]:
-    """Documents in the events, counts and quarantine collections, by collection name
-    (estimated counts: metadata only, no scan)."""
+    """Documents in the events, counts and quarantine collections, by collection name (0 for a
+    collection not created yet).
+
+    From `$collStats`' count: MongoDB keeps it in the collection's metadata, and the local
+    stand-in (FerretDB on SQLite) sums its table pages' row counts without decoding a document.
+    Not `estimated_document_count`: the stand-in answers its `count` command by reading and
+    decoding every document (measured 4.0 s against 0.1 s on 41,000 events), which the console,
+    asking every 2 s, kept going all the time once the collection was large.
+    """
     return {
-        collection.name: collection.estimated_document_count()
+        collection.name: collection_count(collection)
         for collection in (store.events, store.counts, store.quarantine)
     }
+
+
+def collection_count(collection: Collection[Document]) -> int:
+    try:
+        [stats] = collection.aggregate([{"$collStats": {"count": {}}}])
+    except OperationFailure as exc:
+        if exc.code == NAMESPACE_NOT_FOUND:
+            return 0
+        raise
+    return int(stats["count"])
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,7 @@ def airflow_reading(settings: Settings, airflow: AirflowClient) -> Reading:
 
 
 def mongo_reading(store: EventStore) -> Reading:
-    """Documents in the three collections (estimated counts: metadata only, no scan)."""
+    """Documents in the three collections (`$collStats`' counts: no document is read)."""
     documents = mongo_documents(store)
     counts = {
         "user_events": documents[store.events.name],

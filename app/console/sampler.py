@@ -4,6 +4,10 @@ ten minutes of rates in memory, and assembles the snapshot the page shows.
 A probe runs in a worker thread; one that hangs (a service half up) only delays its own hop: the
 next tick skips it while it is in flight and the page keeps showing its last answer. A probe
 that raises makes its hop "down", with the reason and the command that fixes it.
+
+A probe that takes long is run less often: after a read of t seconds it waits at least
+t x (1 / PROBE_DUTY - 1) before the next, so no probe keeps a service busy more than a tenth
+of the time, however large the lab has grown (a read that scans grows with its data).
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from app.console.probes import Reading
 from app.core.config import Settings
 
 HISTORY_SECONDS = 600
+# The most of the time a probe's reads may take: a read of t seconds is followed by a pause of
+# at least t x (1 / PROBE_DUTY - 1), beside the probe's own interval.
+PROBE_DUTY = 0.1
 
 
 @dataclass(frozen=True)
@@ -126,6 +133,7 @@ class Sampler:
         self.probes = probes
         self.results: dict[str, Result] = {}
         self.last_started: dict[str, float] = {}
+        self.not_before: dict[str, float] = {}  # probe key -> the pause its last read earned
         self.in_flight: dict[str, Future[Reading]] = {}
         self.counters: dict[str, tuple[float, float]] = {}
         self.rates: dict[str, float | None] = {}
@@ -144,6 +152,7 @@ class Sampler:
         now = time.monotonic()
         for probe in self.probes:
             due = now - self.last_started.get(probe.key, -probe.every) >= probe.every
+            due = due and now >= self.not_before.get(probe.key, now)
             if due and probe.key not in self.in_flight:
                 self.last_started[probe.key] = now
                 future = self.pool.submit(probe.read)
@@ -152,6 +161,8 @@ class Sampler:
 
     def _finished(self, key: str, future: Future[Reading]) -> None:
         at = time.monotonic()
+        took = at - self.last_started.get(key, at)
+        self.not_before[key] = at + took * (1 / PROBE_DUTY - 1)
         self.in_flight.pop(key, None)
         try:
             reading = future.result()

@@ -30,7 +30,7 @@ from app.console.probes import (
 from app.console.sampler import Probe, Sampler
 from app.console.stream_probe import spark_reading, stream_job_running
 from app.core.clients import postgres_connection, s3_filesystem
-from app.core.config import Settings
+from app.core.config import Settings, get_settings
 from app.pipeline.drain import drain_user_events
 from tests.pipeline.helpers import (
     commit_offsets,
@@ -301,3 +301,48 @@ def test_the_kafka_hop_shows_offsets_retention_deleted_before_the_drain_read_the
 
         assert recorded.startswith(f"{lost} (retention): offsets 10-49, found ")
         assert "retention" not in kafka_reading(settings).figures  # the group is past it now
+
+
+def test_a_slow_probe_is_run_less_often() -> None:
+    """A read of t seconds is followed by a pause of t x 9 (PROBE_DUTY 0.1): a probe whose read
+    grows with the data cannot keep its service busy."""
+    starts: list[float] = []
+
+    def read() -> Reading:
+        starts.append(time.monotonic())
+        time.sleep(0.2)
+        return Reading({"n": len(starts)})
+
+    sampler = Sampler(get_settings(), [Probe("slow", "api", 0, read)])
+    _settle(sampler)
+    finished = time.monotonic()
+    while time.monotonic() < finished + 1.4:  # 0.2 s x 9 = 1.8 s of pause
+        _settle(sampler)
+        time.sleep(0.05)
+    assert len(starts) == 1
+    while len(starts) == 1 and time.monotonic() < finished + 5:
+        _settle(sampler)
+        time.sleep(0.05)
+    assert len(starts) == 2
+    assert starts[1] - starts[0] >= 0.2 * 10 - 0.05
+    assert sampler.snapshot()["hops"]["api"]["figures"]["n"] == 2
+
+
+def test_mongo_reading_counts_every_document_and_a_missing_collection_as_zero(
+    isolated_settings: Settings,
+) -> None:
+    store = open_event_store(isolated_settings)
+    try:
+        store.events.insert_many([{"_id": n, "EventName": "view"} for n in range(1234)])
+        store.counts.insert_one({"_id": "a|view", "EventCount": 1})
+        store.quarantine.drop()
+        assert mongo_reading(store).figures == {
+            "user_events": 1234,
+            "user_event_counts": 1,
+            "quarantine": 0,
+        }
+        assert mongo_reading(store).counters == {"mongo_events": 1234}
+    finally:
+        store.events.drop()
+        store.counts.drop()
+        store.events.database.client.close()
