@@ -7,7 +7,7 @@
 # Needs only Go and the Go module proxy; the result is pure Go (modernc SQLite,
 # no cgo), statically linked.
 #
-# Four upstream shortcomings in FerretDB v1.24.2 are fixed at build time, and three
+# Five upstream shortcomings in FerretDB v1.24.2 are fixed at build time (1-4, 8), and three
 # costs of its update path are cut, 5-7, which together halve FerretDB's CPU per
 # counts update (bench/bench_counts_update.py measures it) (Go refuses
 # -overlay for module-cache files, so we build against a patched copy of the
@@ -47,6 +47,12 @@
 #    changed documents are now written together, in one transaction per command
 #    (update_batch.go.in, next to this script, says when a statement needs the
 #    writes before it first); the command still answers only once they are stored.
+# 8. internal/backends/sqlite/metadata/pool/pool.go drops a database by removing
+#    its file but not its -wal and -shm files. A database created again under the
+#    same name (a client still writing to it, a test's name used twice) then opens
+#    beside the old write-ahead log: the server died of SIGBUS in SQLite's WAL
+#    index at the end of a soak, and would not start again ("no such table:
+#    _ferretdb_collections") until the files were removed by hand. Both go now.
 #
 # A plain `go build .` in this directory also works (unpatched upstream code).
 set -euo pipefail
@@ -131,6 +137,10 @@ for f in db.go:e2f41698e31936d22764ac57403181cce666072751846454401558017db8068f 
 	apply_fix "internal/util/fsql/${f%%:*}" "${f#*:}" 6 \
 		-e 's/^\t\(db\|tx\)\.l\.With(fields\.\.\.)\.DebugContext(\(.*\))$/\tif \1.l.Enabled(ctx, slog.LevelDebug) { \/\/ eventlab patch\n\t&\n\t}/'
 done
+
+# 8. dropDatabase: remove the database's -wal and -shm files with it
+apply_fix internal/backends/sqlite/metadata/pool/pool.go d316794dac598516292cc87837a7e7e4e6c03a3afcf7cacfbb4c2a5faefd3fbf 1 \
+	-e 's/^\tif f := p.databaseFile(name); f != "" {$/&\n\t\tfor _, side := range []string{f + "-wal", f + "-shm"} { \/\/ eventlab patch: a database created again under this name would read them\n\t\t\t_ = os.Remove(side)\n\t\t}\n/'
 
 # temporary go.mod/go.sum pair: ours plus the replace directive
 tmp=$(mktemp -d)
