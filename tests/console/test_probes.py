@@ -43,6 +43,9 @@ from tests.support import free_port
 
 
 def _settle(sampler: Sampler) -> None:
+    """One tick once every probe is due again (past the pause its last read earned), and its
+    reads finished."""
+    time.sleep(max([0.0, *(t - time.monotonic() for t in sampler.not_before.values())]))
     sampler.tick()
     deadline = time.monotonic() + 10
     while sampler.in_flight and time.monotonic() < deadline:
@@ -314,15 +317,19 @@ def test_a_slow_probe_is_run_less_often() -> None:
         return Reading({"n": len(starts)})
 
     sampler = Sampler(get_settings(), [Probe("slow", "api", 0, read)])
-    _settle(sampler)
+    sampler.tick()
+    while sampler.in_flight:
+        time.sleep(0.01)
     finished = time.monotonic()
     while time.monotonic() < finished + 1.4:  # 0.2 s x 9 = 1.8 s of pause
-        _settle(sampler)
+        sampler.tick()
         time.sleep(0.05)
     assert len(starts) == 1
     while len(starts) == 1 and time.monotonic() < finished + 5:
-        _settle(sampler)
+        sampler.tick()
         time.sleep(0.05)
+    while sampler.in_flight:
+        time.sleep(0.01)
     assert len(starts) == 2
     assert starts[1] - starts[0] >= 0.2 * 10 - 0.05
     assert sampler.snapshot()["hops"]["api"]["figures"]["n"] == 2
