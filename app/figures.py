@@ -21,10 +21,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-from pymongo.collection import Collection
-from pymongo.errors import OperationFailure
 
-from app.core.clients import Document, arrow_s3_filesystem, s3_filesystem
+from app.core.clients import arrow_s3_filesystem, s3_filesystem
 from app.core.config import Settings
 from app.lake.schema import PARTITION_COLUMN
 from app.pipeline.store import EventStore
@@ -32,7 +30,6 @@ from app.pipeline.store import EventStore
 if TYPE_CHECKING:
     from app.analysis.conflicts import Conflict
 
-NAMESPACE_NOT_FOUND = 26
 PARTITION = re.compile(rf"{PARTITION_COLUMN}=(\d{{4}}-\d{{2}}-\d{{2}})")
 
 
@@ -47,19 +44,9 @@ def mongo_documents(store: EventStore) -> dict[str, int]:
     asking every 2 s, kept going all the time once the collection was large.
     """
     return {
-        collection.name: collection_count(collection)
+        collection.name: EventStore.document_count(collection)
         for collection in (store.events, store.counts, store.quarantine)
     }
-
-
-def collection_count(collection: Collection[Document]) -> int:
-    try:
-        [stats] = collection.aggregate([{"$collStats": {"count": {}}}])
-    except OperationFailure as exc:
-        if exc.code == NAMESPACE_NOT_FOUND:
-            return 0
-        raise
-    return int(stats["count"])
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,14 @@ from datetime import UTC, datetime
 from pymongo import ASCENDING, MongoClient, UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, OperationFailure
 
 from app.core.clients import Document, mongo
 from app.core.config import Settings
 from app.core.topics import lost_offsets_line
 
 DUPLICATE_KEY = 11000
+NAMESPACE_NOT_FOUND = 26
 # Updates per `update` command. Unpatched FerretDB 1.24 holds a connection per matched statement
 # until the command ends, and hangs once its pool (100) is exhausted; see infra/ferretdb/build.sh.
 UPDATES_PER_COMMAND = 50
@@ -75,6 +76,18 @@ class EventStore:
             [("UserId", ASCENDING), ("EventName", ASCENDING)], unique=True, name="user_event_pair"
         )
         return [f"mongo {self.counts.full_name}: unique index (UserId, EventName)"]
+
+    @staticmethod
+    def document_count(collection: Collection[Document]) -> int:
+        """Documents in `collection` (0 if it does not exist) from `$collStats`: the stand-in
+        answers `count` (`estimated_document_count`) by decoding every document."""
+        try:
+            [stats] = collection.aggregate([{"$collStats": {"count": {}}}])
+        except OperationFailure as exc:
+            if exc.code == NAMESPACE_NOT_FOUND:
+                return 0
+            raise
+        return int(stats["count"])
 
     @staticmethod
     def insert_new(collection: Collection[Document], documents: Sequence[Document]) -> set[int]:
