@@ -95,7 +95,7 @@ STOP_TIMEOUT_SECONDS = 3.5
 VENV_BIN = Path(sys.executable).parent
 AIRFLOW = VENV_BIN / "airflow"
 # How often finished tasks are looked up, and which states are finished.
-REPORT_SECONDS = 5.0
+REPORT_SECONDS = 10.0
 FINISHED = ("success", "failed", "upstream_failed")
 
 

@@ -68,6 +68,7 @@ DAG_INTERVAL = 120.0
 # quarantine query logs the same batch as "purchased_items_quarantine <- ...".
 BATCH_LINE = re.compile(r"(\w+) <- \S+: batch (\d+), (\d+) messages .* in ([\d.]+) s")
 VALID_QUERY = "purchased_items"
+OVERRUN_LINE = "over the 1 s cadence"  # the generator's message for a tick it sent late
 
 
 @dataclass
@@ -292,7 +293,9 @@ def p95(values: list[float]) -> float:
     )
 
 
-def soak_settings(base: Settings, home: Path, users_per_second: int, trigger: str) -> Settings:
+def soak_settings(
+    base: Settings, home: Path, users_per_second: int, concurrency: int, trigger: str
+) -> Settings:
     tag = f"soak{uuid.uuid4().hex[:8]}"
     isolated = make_isolated_settings(base, tag)
     (home / "jars").symlink_to(base.lab_home / "jars", target_is_directory=True)
@@ -306,7 +309,9 @@ def soak_settings(base: Settings, home: Path, users_per_second: int, trigger: st
             # The serving setup of a busy lab: several API processes (no live reload) and a
             # generator that can offer the rate.
             "api_reload": False,
-            "generator_processes": 2,
+            "generator_processes": int(os.environ.get("SOAK_GEN_PROCS", "2")),
+            "api_workers": int(os.environ.get("SOAK_API_WORKERS", "0")),
+            "generator_concurrency": concurrency,
             "spark_trigger_interval": trigger,
             "spark_checkpoint_dir": f"s3a://{base.s3_bucket}/test-{tag}/checkpoints",
         }
@@ -396,6 +401,9 @@ def report(soak: Soak, offered: tuple[float, float], trigger: float) -> None:
         f"  API -> Kafka   {events_rate:>8,.0f} events/s  {orders_rate:>7,.0f} orders/s "
         f"acknowledged (offered {offered[0]:,.0f} and {offered[1]:,.0f})"
     )
+    # A tick the generator could not send within its second: it offered less than the rate.
+    overruns = soak.log.read_text(errors="replace").count(OVERRUN_LINE)
+    print(f"  generator ticks over their 1 s: {overruns}")
     runs = dag_runs(soak.settings)
     finished = [took for _, took, _ in runs if took is not None]
     print(
@@ -437,6 +445,13 @@ def main() -> None:
     parser.add_argument("--events-per-second", type=int, default=3000)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--trigger", default="30 seconds")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=128,
+        help="requests in flight per generator process (enough for the rate at ~80 ms each)",
+    )
+    parser.add_argument("--keep-log", type=Path, help="copy honcho's log here at the end")
     args = parser.parse_args()
     base = get_settings()
     events, orders = events_per_user()
@@ -447,12 +462,14 @@ def main() -> None:
         f"offer {offered[0]:,.0f} events/s and {offered[1]:,.0f} orders/s for {args.minutes:g} min"
     )
     home = Path(tempfile.mkdtemp(prefix="lab-soak-"))
-    settings = soak_settings(base, home, users, args.trigger)
+    settings = soak_settings(base, home, users, args.concurrency, args.trigger)
     try:
         bootstrap(settings)
         soak = run_soak(settings, args.minutes, service_pids(base))
         report(soak, offered, seconds_of(args.trigger))
     finally:
+        if args.keep_log and (home / "honcho.log").exists():
+            shutil.copyfile(home / "honcho.log", args.keep_log)
         remove_isolated(settings)
         shutil.rmtree(home, ignore_errors=True)
 

@@ -55,7 +55,9 @@ def lab_probes(settings: Settings) -> list[Probe]:
         Probe("api", "api", fast, lambda: api_reading(settings, http)),
         Probe("kafka", "kafka", fast, lambda: kafka_reading(settings)),
         Probe("drain_gaps", "kafka", SLOW_SECONDS, lambda: drain_gaps_reading(settings, store)),
-        Probe("airflow", "airflow", fast, lambda: airflow_reading(settings, airflow)),
+        # A DAG run lasts a minute or two; each reading costs Airflow's API server two requests,
+        # which at every tick made it the busiest of Airflow's components in the soak.
+        Probe("airflow", "airflow", SLOW_SECONDS, lambda: airflow_reading(settings, airflow)),
         Probe("mongo", "mongo", fast, lambda: mongo_reading(store)),
         Probe("top_users", "mongo", SLOW_SECONDS, lambda: top_users_reading(store)),
         Probe("spark", "spark", fast, lambda: spark_reading(settings)),

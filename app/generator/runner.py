@@ -1,8 +1,14 @@
 """The generator's loop: one crowd per second, a live status line, a summary at the end.
 
-A tick builds the second's sessions and sends them; the next tick starts one second after the
-previous one started. When sending takes longer than that (API slow, crowd too big for the
-concurrency), the tick is reported as an overrun and the next one starts at once.
+A tick builds the second's sessions and sends them; a tick starts every second, whether or not
+the earlier ones are done, and all share the `--concurrency` requests in flight. A tick's
+sessions are chains of requests (a session's events go in order), so its last requests finish
+well after its first: were each tick to wait for the previous one, the rate offered would fall
+with the API's latency, not its throughput (measured: 2,544 of 2,999 events/s offered, with
+half the ticks late, while the machine still had CPU to spare). At most `MAX_OPEN_TICKS` ticks
+send at once; a tick that must wait for one of them to finish starts late and is reported as an
+overrun (API slow or down, or the crowd too big for the concurrency), and the cadence goes on
+from its start.
 """
 
 from __future__ import annotations
@@ -18,11 +24,16 @@ from typing import IO
 
 import uvloop
 
-from app.generator.crowd import Crowd
+from app.generator.crowd import Crowd, Session
 from app.generator.http_client import HttpClient
 from app.generator.sender import Sender, Tally
 
 TICK_SECONDS = 1.0
+# Ticks sending at once. Bounds what a slow or absent API leaves waiting in memory (each tick
+# retries its records for up to `--retry-seconds`).
+MAX_OPEN_TICKS = 4
+# A tick started later than this after its due time counts as an overrun.
+LATE_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -149,24 +160,7 @@ async def run(
             record_file=record_file,
         )
         try:
-            while not _done(options, progress):
-                tick_started = time.monotonic()
-                await sender.send_tick(crowd.tick(datetime.now(UTC), options.users_per_second))
-                progress.ticks += 1
-                took = time.monotonic() - tick_started
-                if took > TICK_SECONDS:
-                    progress.overruns += 1
-                    printer.message(
-                        f"tick {progress.ticks} took {took:.2f} s, over the 1 s cadence: the "
-                        "API is slow or the crowd too big (lower --users-per-second or raise "
-                        "--concurrency)"
-                    )
-                now = time.monotonic()
-                printer.status(status_line(sender.tally, progress, now), progress.ticks)
-                progress.sent_at_last_status = sender.tally.sent
-                progress.last_status = now
-                if not _done(options, progress):
-                    await asyncio.sleep(max(0.0, tick_started + TICK_SECONDS - now))
+            await _send_ticks(options, crowd, printer, sender, progress)
         except asyncio.CancelledError:
             interrupted = True
         finally:
@@ -177,6 +171,44 @@ async def run(
     finally:
         client.close()
     return Outcome(sender.tally, progress, interrupted)
+
+
+async def _send_ticks(
+    options: RunOptions, crowd: Crowd, printer: StatusPrinter, sender: Sender, progress: Progress
+) -> None:
+    """Start a tick every second (see the module docstring) until the run is done; return once
+    every tick started has been sent."""
+    open_ticks = asyncio.Semaphore(MAX_OPEN_TICKS)
+
+    async def send(sessions: list[Session]) -> None:
+        try:
+            await sender.send_tick(sessions)
+        finally:
+            open_ticks.release()
+
+    due = time.monotonic()
+    async with asyncio.TaskGroup() as ticks:
+        while not _done(options, progress):
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            if _done(options, progress):  # a duration may run out while waiting
+                break
+            await open_ticks.acquire()
+            now = time.monotonic()
+            late = now - due
+            if late > LATE_SECONDS:
+                progress.overruns += 1
+                due = now  # the cadence goes on from here: no burst to catch up
+                printer.message(
+                    f"tick {progress.ticks + 1} started {late:.2f} s late: the {MAX_OPEN_TICKS} "
+                    "ticks before it were still sending. The API is slow or the crowd too big "
+                    "(lower --users-per-second or raise --concurrency)"
+                )
+            ticks.create_task(send(crowd.tick(datetime.now(UTC), options.users_per_second)))
+            progress.ticks += 1
+            due += TICK_SECONDS
+            printer.status(status_line(sender.tally, progress, now), progress.ticks)
+            progress.sent_at_last_status = sender.tally.sent
+            progress.last_status = now
 
 
 def run_until_signal(

@@ -79,10 +79,12 @@ def build_spark_session(
     kafka: bool = False,
     master: str | None = None,
     ui: bool = False,
+    java_options: str = "",
 ) -> SparkSession:
     """A SparkSession for the lab; `kafka=True` adds the Kafka source jars.
 
-    Jar and memory settings only take effect when this call starts the JVM: Spark keeps one
+    `java_options` are added to the driver JVM's (the executors' in `local[*]`).
+    Jar, memory and JVM settings only take effect when this call starts the JVM: Spark keeps one
     session per process, so build it once (with `kafka=True` if any part of the process streams).
     """
     master = master or settings.spark_master
@@ -100,7 +102,7 @@ def build_spark_session(
         .config("spark.ui.showConsoleProgress", "false")
         # The UI's kill links would let anyone who reaches the port stop the stream.
         .config("spark.ui.killEnabled", "false")
-        .config("spark.driver.extraJavaOptions", _driver_logging(settings))
+        .config("spark.driver.extraJavaOptions", f"{_driver_logging(settings)} {java_options}")
     )
     for key, value in cluster_options(settings).items():
         builder = builder.config(key, value)
