@@ -29,9 +29,11 @@ from app.generator.http_client import HttpClient
 from app.generator.sender import Sender, Tally
 
 TICK_SECONDS = 1.0
-# Ticks sending at once. Bounds what a slow or absent API leaves waiting in memory (each tick
-# retries its records for up to `--retry-seconds`).
-MAX_OPEN_TICKS = 4
+# Ticks sending at once: a crowd rides out ten seconds of a slow API (a DAG run or a Spark
+# batch taking the CPU) before it offers less, as users arriving on a site do not wait for each
+# other. Bounds what a slow or absent API leaves waiting in memory (each tick retries its
+# records for up to `--retry-seconds`).
+MAX_OPEN_TICKS = 10
 # A tick started later than this after its due time counts as an overrun.
 LATE_SECONDS = 0.1
 
