@@ -85,8 +85,12 @@ class Settings(BaseSettings):
 
     # Data generator (python -m app.generator); its command-line options override these.
     generator_users_per_second: int = Field(default=20, ge=1)
+    # Requests in flight per process (`--concurrency`): about the events per second times the
+    # API's latency. 16 is ample for the default rate; bench_soak.py offers 3,000 events/s
+    # with 512, since the latency grows when the whole lab shares the cores.
     generator_concurrency: int = Field(default=16, ge=1)
-    # Processes sharing the users (`--processes`): one sends about 2,000 events/s on one core.
+    # Processes sharing the users (`--processes`): one sent 3,000 events/s on 0.22 of a core in
+    # the 10-minute soak; more only help past a core's worth.
     generator_processes: int = Field(default=1, ge=1)
     # How long one request is retried (503, connection errors) before its records count as failed.
     generator_retry_seconds: float = Field(default=30.0, ge=0)
