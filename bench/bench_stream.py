@@ -1,8 +1,9 @@
 """Benchmark: the purchases stream (`app.lake.stream`) on `local[2]` against the lab's Kafka and S3.
 
-1. Throughput (in this process). A backlog of orders (500,000 by default) is produced into a
-   topic of the benchmark's own; then the lab's stream (both file-sink queries, trigger
-   availableNow, the settings' maxOffsetsPerTrigger) drains it. orders/s = orders / wall time
+1. Throughput (in this process, its JVM run as the stream's: `--java-options`). A backlog of
+   orders (500,000 by default) is produced into a topic of the benchmark's own; then the lab's
+   stream (both file-sink queries, trigger availableNow, the settings' maxOffsetsPerTrigger)
+   drains it. orders/s = orders / wall time
    from start to both queries done (the JVM start is reported apart). Baseline, same
    run, same backlog, same JVM: Spark copying the messages raw (value bytes + lineage to
    Parquet, one query, no parsing, no validation), i.e. what Kafka -> Spark -> S3 costs before
@@ -63,6 +64,7 @@ from app.lake.schema import PARTITION_COLUMN
 from app.lake.session import build_spark_session
 from app.lake.sink_log import committed_files
 from app.lake.storage import ensure_bucket
+from app.lake.stream import STREAM_JAVA_OPTIONS
 from app.schemas import PaymentType, Purchase, PurchasedProduct, order_total
 
 MASTER = "local[2]"
@@ -454,13 +456,24 @@ def main() -> None:
         "--freshness-seconds", type=float, default=180.0, help="0 skips the freshness run"
     )
     parser.add_argument("--rate", type=int, default=20, help="orders POSTed per second")
+    parser.add_argument(
+        "--java-options",
+        default=STREAM_JAVA_OPTIONS,
+        help=f"the JVM's options in part 1 (default: the stream's, {STREAM_JAVA_OPTIONS!r}; "
+        "'' for the JVM's defaults, with its optimising compiler)",
+    )
     args = parser.parse_args()
     base = get_settings()
     ensure_bucket(base)
     started = time.perf_counter()
-    spark = build_spark_session(base, "bench-stream", kafka=True, master=MASTER)
+    spark = build_spark_session(
+        base, "bench-stream", kafka=True, master=MASTER, java_options=args.java_options
+    )
     took = time.perf_counter() - started
-    print(f"Spark {spark.version} on {MASTER}: session (JVM + jars) up in {took:.1f} s")
+    print(
+        f"Spark {spark.version} on {MASTER} (JVM options: {args.java_options or 'defaults'}): "
+        f"session (JVM + jars) up in {took:.1f} s"
+    )
     try:
         warm_up(spark, base, args.warm_up)
         throughput(spark, base, args.orders)

@@ -7,7 +7,7 @@
 # Needs only Go and the Go module proxy; the result is pure Go (modernc SQLite,
 # no cgo), statically linked.
 #
-# Five upstream shortcomings in FerretDB v1.24.2 are fixed at build time (1-4, 8), and three
+# Six upstream shortcomings in FerretDB v1.24.2 are fixed at build time (1-4, 8, 9), and three
 # costs of its update path are cut, 5-7, which together halve FerretDB's CPU per
 # counts update (bench/bench_counts_update.py measures it) (Go refuses
 # -overlay for module-cache files, so we build against a patched copy of the
@@ -53,6 +53,11 @@
 #    beside the old write-ahead log: the server died of SIGBUS in SQLite's WAL
 #    index at the end of a soak, and would not start again ("no such table:
 #    _ferretdb_collections") until the files were removed by hand. Both go now.
+# 9. internal/handler/commands.go has no `endSessions`, which pymongo sends each
+#    time a client closes (every Airflow task, console and status read). Each
+#    refusal was logged at WARN with the whole wire message: a few times a minute
+#    in a running lab. It answers ok now (end_sessions.go.in): FerretDB keeps no
+#    sessions to end.
 #
 # A plain `go build .` in this directory also works (unpatched upstream code).
 set -euo pipefail
@@ -141,6 +146,11 @@ done
 # 8. dropDatabase: remove the database's -wal and -shm files with it
 apply_fix internal/backends/sqlite/metadata/pool/pool.go d316794dac598516292cc87837a7e7e4e6c03a3afcf7cacfbb4c2a5faefd3fbf 1 \
 	-e 's/^\tif f := p.databaseFile(name); f != "" {$/&\n\t\tfor _, side := range []string{f + "-wal", f + "-shm"} { \/\/ eventlab patch: a database created again under this name would read them\n\t\t\t_ = os.Remove(side)\n\t\t}\n/'
+
+# 9. endSessions: answer ok (no sessions are kept), instead of a logged refusal
+apply_fix internal/handler/commands.go f1cd284cc1b6e613714f6d42cd3ec99ace3d5c32c50897206001185993a7fa31 1 \
+	-e 's/^\t\t"killCursors": {$/\t\t"endSessions": { \/\/ eventlab patch: drivers send it when a client closes\n\t\t\tHandler: h.MsgEndSessions,\n\t\t\tHelp:    "Ends sessions (FerretDB keeps none).",\n\t\t},\n&/'
+cp "$here/end_sessions.go.in" "$srcdir/internal/handler/eventlab_end_sessions.go"
 
 # temporary go.mod/go.sum pair: ours plus the replace directive
 tmp=$(mktemp -d)
