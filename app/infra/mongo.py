@@ -2,7 +2,7 @@
 
 FerretDB speaks the MongoDB wire protocol and keeps its data in SQLite files under the lab home.
 It is built from the Go module proxy by infra/ferretdb/build.sh: a small wrapper (main.go) plus
-build-time patches of upstream (see the script): four shortcomings that the pipeline would hit, and
+build-time patches of upstream (see the script): six shortcomings that the lab would hit, and
 three costs of the update path (together, half of FerretDB's CPU per counts update).
 
 SQLite runs in WAL mode with `synchronous=NORMAL`: a commit is safe from a crash of FerretDB or of
