@@ -73,41 +73,41 @@ def test_clients_get_only_2xx_or_503_and_never_wait_past_the_produce_timeout(
     assert statuses[200] > 0 and result.acks_resumed_after < 60
 
 
-def test_every_acknowledged_event_is_in_kafka_exactly_once(
+def test_every_acknowledged_event_is_in_kafka_and_stored_and_counted_once(
     loss: tuple[Settings, BrokerLoss],
 ) -> None:
-    settings, result = loss
-    stored = Counter(
-        json.loads(message.value())["SessionId"]
-        for message in read_topic(settings, settings.topic_user_events)
-    )
-    acknowledged = [event["SessionId"] for event in result.acknowledged]
-    assert acknowledged
-    assert {session: stored[session] for session in acknowledged} == dict.fromkeys(acknowledged, 1)
-
-
-def test_counts_after_a_drain_equal_the_events_in_kafka(
-    loss: tuple[Settings, BrokerLoss],
-) -> None:
+    """Kafka may hold an acknowledged event twice, rarely: when records time out (the produce
+    time-out, 3 s here), librdkafka's idempotent producer bumps its epoch, and records in flight
+    to other partitions that the broker stored but did not acknowledge are sent again under the
+    new epoch (confluentinc/librdkafka#4953). The drain stores each event once by its content,
+    so MongoDB and the counts hold every acknowledged event exactly once all the same."""
     settings, result = loss
     in_kafka = [
         json.loads(message.value()) for message in read_topic(settings, settings.topic_user_events)
     ]
+    stored = Counter(event["SessionId"] for event in in_kafka)
+    acknowledged = [event["SessionId"] for event in result.acknowledged]
+    assert acknowledged
+    assert all(stored[session] >= 1 for session in acknowledged), "an acknowledged event is lost"
+    print(f"events in Kafka twice or more: {sum(n > 1 for n in stored.values())}")
+
     summary = drain_user_events(settings)
     assert summary.stopped == "caught up", summary
     refresh_event_counts(settings)
     # The drain's commits went to Kafka's offsets topic, replicated like the lab's topics.
     offsets = kafka_admin(settings).list_topics(timeout=10).topics["__consumer_offsets"]
     assert all(len(p.replicas) == 3 for p in offsets.partitions.values())
-    counts = {
-        (doc["UserId"], doc["EventName"]): doc["EventCount"]
-        for doc in event_store(settings).counts.find()
-    }
-    assert counts == Counter((e["UserId"], e["EventName"]) for e in in_kafka)
+    # Each event (a SessionId of its own) stored once, whatever Kafka holds twice.
+    store = event_store(settings)
+    sessions = Counter(
+        document["SessionId"] for document in store.events.find({}, {"SessionId": 1})
+    )
+    assert sessions == dict.fromkeys(stored, 1)
+    distinct = {event["SessionId"]: event for event in in_kafka}.values()
+    counts = {(doc["UserId"], doc["EventName"]): doc["EventCount"] for doc in store.counts.find()}
+    assert counts == Counter((e["UserId"], e["EventName"]) for e in distinct)
     # Each acknowledged event is counted: the 503s that still reached Kafka are the only extra.
-    acknowledged = Counter((e["UserId"], e["EventName"]) for e in result.acknowledged)
-    assert all(counts[pair] >= n for pair, n in acknowledged.items())
-    refused_but_stored = len(in_kafka) - len(result.acknowledged)
+    refused_but_stored = len(distinct) - len(result.acknowledged)
     assert 0 <= refused_but_stored <= len(result.refused)
 
 
