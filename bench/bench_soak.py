@@ -71,8 +71,6 @@ BATCH_LINE = re.compile(r"(\w+) <- \S+: batch (\d+), (\d+) messages .* in ([\d.]
 VALID_QUERY = "purchased_items"
 # The generator's message for a tick it started late: "tick 37 started 1.09 s late: the ..."
 LATE_TICK = re.compile(r"started ([\d.]+) s late: the ")
-# Its summary's count of seconds of users never offered: "...; 12 s of users skipped, more..."
-SKIPPED_USERS = re.compile(r"; (\d+) s of users skipped")
 
 
 @dataclass
@@ -430,14 +428,11 @@ def report(soak: Soak, offered: tuple[float, float], trigger: float) -> None:
         f"  API -> Kafka   {events_rate:>8,.0f} events/s  {orders_rate:>7,.0f} orders/s "
         f"acknowledged (offered {offered[0]:,.0f} and {offered[1]:,.0f})"
     )
-    # A tick the generator started late brings the users who arrived meanwhile (sent late, not
-    # lost) unless it was more than MAX_OPEN_TICKS s behind: those seconds are skipped.
-    text = soak.log.read_text(errors="replace")
-    late = [float(seconds) for seconds in LATE_TICK.findall(text)]
-    skipped = sum(int(seconds) for seconds in SKIPPED_USERS.findall(text))
+    # A tick the generator started late: for that long it offered less than the rate.
+    late = [float(seconds) for seconds in LATE_TICK.findall(soak.log.read_text(errors="replace"))]
     print(
         f"  generator ticks started late: {len(late)}, by {sum(late):.1f} s in all "
-        f"({sum(late) / max(last.at, 1):.1%} of the soak); seconds of users skipped: {skipped}"
+        f"({sum(late) / max(last.at, 1):.1%} of the soak)"
     )
     runs = dag_runs(soak.settings)
     finished = [took for _, took, _ in runs if took is not None]

@@ -126,7 +126,6 @@ def run_processes(
             tally += outcome.tally
             progress.ticks = max(progress.ticks, outcome.progress.ticks)
             progress.overruns = max(progress.overruns, outcome.progress.overruns)
-            progress.skipped = max(progress.skipped, outcome.progress.skipped)
             interrupted |= outcome.interrupted
         child.join()
     if record_file is not None:

@@ -8,10 +8,7 @@ with the API's latency, not its throughput (measured: 2,544 of 2,999 events/s of
 half the ticks late, while the machine still had CPU to spare). At most `MAX_OPEN_TICKS` ticks
 send at once; a tick that must wait for one of them to finish starts late and is reported as an
 overrun (API slow or down, or the crowd too big for the concurrency), and the cadence goes on
-from its start. The users who arrived while it waited are not lost: the late tick brings them
-too (one more second's crowd for each whole second it waited, carrying the fractions over), so
-the rate offered over a run is the rate asked for. Only beyond `MAX_OPEN_TICKS` seconds behind
-are seconds of users skipped, and counted (an API down for minutes gets no flood when back).
+from its start.
 """
 
 from __future__ import annotations
@@ -58,9 +55,8 @@ class RunOptions:
 class Progress:
     """What the status line and the summary show."""
 
-    ticks: int = 0  # seconds of users offered (a late tick brings several)
+    ticks: int = 0
     overruns: int = 0
-    skipped: int = 0  # seconds of users never offered: more than MAX_OPEN_TICKS s behind
     started: float = 0.0
     sent_at_last_status: int = 0
     last_status: float = 0.0
@@ -90,7 +86,6 @@ class StatusPrinter:
         self.name = name
         self.interactive = out.isatty()
         self._line_open = False
-        self._logged = 0  # minutes (LOG_EVERY_TICKS ticks) logged so far
 
     def _close_line(self) -> None:
         if self._line_open:
@@ -107,8 +102,7 @@ class StatusPrinter:
         if self.interactive:
             self.out.write(f"\r{text}\x1b[K")
             self._line_open = True
-        elif ticks // LOG_EVERY_TICKS > self._logged:  # a late tick may step over a multiple
-            self._logged = ticks // LOG_EVERY_TICKS
+        elif ticks % LOG_EVERY_TICKS == 0:
             self.out.write(f"{text}\n")
         self.out.flush()
 
@@ -131,12 +125,7 @@ def status_line(tally: Tally, progress: Progress, now: float) -> str:
 def summary_lines(tally: Tally, progress: Progress, now: float, interrupted: bool) -> list[str]:
     lines = [
         f"generator: {'interrupted' if interrupted else 'finished'} after {progress.ticks} ticks "
-        f"in {now - progress.started:.1f} s ({progress.overruns} overran the 1 s cadence"
-        + (
-            f"; {progress.skipped} s of users skipped, more than {MAX_OPEN_TICKS} s behind)"
-            if progress.skipped
-            else ")"
-        ),
+        f"in {now - progress.started:.1f} s ({progress.overruns} overran the 1 s cadence)",
         f"  records generated {tally.generated}: accepted {tally.accepted}, "
         f"rejected {tally.rejected}, failed {tally.failed}"
         + (
@@ -201,7 +190,6 @@ async def _send_ticks(
             open_ticks.release()
 
     due = time.monotonic()
-    owed = 0.0  # seconds of users that arrived while ticks waited, not yet sent
     async with asyncio.TaskGroup() as ticks:
         while not _done(options, progress):
             await asyncio.sleep(max(0.0, due - time.monotonic()))
@@ -210,26 +198,16 @@ async def _send_ticks(
             await open_ticks.acquire()
             now = time.monotonic()
             late = now - due
-            seconds = 1
             if late > LATE_SECONDS:
                 progress.overruns += 1
-                due = now  # the cadence goes on from here...
-                owed += late  # ...and this tick brings the users who arrived meanwhile
-                seconds += int(owed)
-                owed -= int(owed)
-                if seconds > 1 + MAX_OPEN_TICKS:
-                    progress.skipped += seconds - 1 - MAX_OPEN_TICKS
-                    seconds = 1 + MAX_OPEN_TICKS
-                if options.ticks is not None:
-                    seconds = min(seconds, options.ticks - progress.ticks)
+                due = now  # the cadence goes on from here: no burst to catch up
                 printer.message(
                     f"tick {progress.ticks + 1} started {late:.2f} s late: the {MAX_OPEN_TICKS} "
-                    f"ticks before it were still sending; it brings {seconds} s of users. The API "
-                    "is slow or the crowd too big (lower --users-per-second or raise --concurrency)"
+                    "ticks before it were still sending. The API is slow or the crowd too big "
+                    "(lower --users-per-second or raise --concurrency)"
                 )
-            users = options.users_per_second * seconds
-            ticks.create_task(send(crowd.tick(datetime.now(UTC), users)))
-            progress.ticks += seconds
+            ticks.create_task(send(crowd.tick(datetime.now(UTC), options.users_per_second)))
+            progress.ticks += 1
             due += TICK_SECONDS
             printer.status(status_line(sender.tally, progress, now), progress.ticks)
             progress.sent_at_last_status = sender.tally.sent
