@@ -50,7 +50,7 @@ import httpx
 from app.core.airflow_api import AirflowClient
 from app.core.config import ROOT, Settings, get_settings
 from app.core.logs import setup_logging
-from app.core.process import kill_tree, log_tail, niced, private_dir
+from app.core.process import kill_tree, log_tail, private_dir
 
 HOST = "127.0.0.1"
 # What `airflow standalone` runs, without the log servers (see the module docstring).
@@ -220,14 +220,11 @@ def run_components(
     logs: Path,
     components: dict[str, list[str]] | None = None,
     every_tick: Callable[[], None] | None = None,
-    nice: int = 0,
 ) -> None:
     """Run `components` (name: command line; Airflow's COMPONENTS by default), each writing to
-    its file in `logs` and at nice value `nice` (the processes they start inherit it), until
-    SIGTERM or SIGINT; start again any that exits, after 1, 2, 4... up to MAX_BACKOFF_SECONDS.
-    `every_tick` is called about every 0.2 s between checks."""
+    its file in `logs`, until SIGTERM or SIGINT; start again any that exits, after 1, 2, 4...
+    up to MAX_BACKOFF_SECONDS. `every_tick` is called about every 0.2 s between checks."""
     components = components or {name: [str(AIRFLOW), *args] for name, args in COMPONENTS.items()}
-    components = {name: niced(argv, nice) for name, argv in components.items()}
     logs.mkdir(parents=True, exist_ok=True)
     stopping = False
 
@@ -410,9 +407,7 @@ def main() -> None:
     )
     report = TaskReport(settings)
     try:
-        # On the batch side (LAB_BATCH_NICE), with every task the scheduler runs: the DAG has
-        # minutes, the API's clients do not.
-        run_components(environment, logs, every_tick=report.tick, nice=settings.lab_batch_nice)
+        run_components(environment, logs, every_tick=report.tick)
     finally:
         report.close()
 

@@ -40,11 +40,6 @@ class Settings(BaseSettings):
     # Log files, Airflow's task-log folders and Airflow's metadata rows (DAG runs, task
     # instances, XComs) older than this are deleted: a week of runs stays to look back on.
     lab_log_keep_days: float = Field(default=7.0, gt=0)
-    # The nice value of the batch side: FerretDB, Airflow (its components and the tasks they
-    # run) and the Spark stream. The ingest path (API, Kafka, generator) stays at 0, so on a
-    # machine the whole lab shares it gets the CPU first, and the batch side, whose work has
-    # minutes, takes the rest. 0: every process alike.
-    lab_batch_nice: int = Field(default=10, ge=0, le=19)
 
     # Ingest API
     api_host: str = "127.0.0.1"

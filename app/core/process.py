@@ -96,19 +96,6 @@ def running_pid(files: ProcessFiles) -> int | None:
     return pid
 
 
-def niced(argv: Sequence[str], nice: int) -> list[str]:
-    """`argv` run at the nice value `nice` (through `nice`, which then runs it as the same
-    process: the pid stays). 0: unchanged."""
-    return ["nice", "-n", str(nice), *argv] if nice > 0 else list(argv)
-
-
-def lower_priority(nice: int) -> None:
-    """Run the calling process at nice `nice`, or leave it if it already runs lower. Linux keeps
-    a nice value per thread: call this before the process starts threads (they inherit it)."""
-    if nice > os.getpriority(os.PRIO_PROCESS, 0):
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
-
-
 def start_process(
     files: ProcessFiles,
     argv: Sequence[str],

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from app.core.config import ROOT
-from app.core.process import niced, run
+from app.core.process import run
 from app.infra.binaries import GO_HINT, is_up_to_date
 from app.infra.local_service import HOST, Launch, LocalService, tool
 
@@ -63,17 +63,16 @@ class Mongo(LocalService):
         if self.mongod:
             argv = [self.mongod, "--bind_ip", HOST, "--port", str(self.port)]
             argv += ["--dbpath", str(self.data_dir), "--quiet"]
-        else:
-            argv = [
+            return Launch(argv=argv)
+        return Launch(
+            argv=[
                 str(self.ferretdb_binary),
                 f"-listen-addr={HOST}:{self.port}",
                 "-handler=sqlite",
                 f"-sqlite-url={self.sqlite_url}",
                 "-log-level=warn",
-            ]
-        # On the batch side (LAB_BATCH_NICE): the drain's inserts and the counts' updates can wait
-        # for the API.
-        return Launch(argv=niced(argv, self.settings.lab_batch_nice))
+            ],
+        )
 
     def ready(self) -> bool:
         from pymongo import MongoClient

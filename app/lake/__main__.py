@@ -20,7 +20,6 @@ import sys
 from app.core.config import get_settings
 from app.core.errors import EXIT_TRY_AGAIN, LabError, ServiceAway
 from app.core.logs import setup_logging
-from app.core.process import lower_priority
 from app.core.reload import reload_argv, run_reloading
 
 
@@ -45,9 +44,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.reload:
         return run_reloading("spark", "app.lake", reload_argv(argv))
-    # On the batch side (LAB_BATCH_NICE), with the JVM it starts: a batch has its trigger's
-    # 30 s, the API's clients do not. Set before any thread starts (they inherit it).
-    lower_priority(get_settings().lab_batch_nice)
     # Imported here: the watcher of `--reload` needs neither pyspark nor code that may be
     # half-edited (it waits for the next change instead of failing with it).
     from app.lake.stream import run_stream
